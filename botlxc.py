@@ -1,0 +1,1494 @@
+#!/usr/bin/env python3
+"""botlxc - a tenant's backing services (PostgreSQL, S3 drive, Valkey) in LXD containers.
+
+Map of this file, top to bottom; each section uses only what is above it:
+
+  1. bootstrap     Python check, third-party imports with a clear message
+  2. constants     paths, names, defaults
+  3. errors        BotlxcError (1), BadInput (2), CommandFailed (3)
+  4. output        progress on stderr; stdout is for machine output only
+  5. Runner        the only door to the outside: read / change / run_local; runbook
+  6. lxc_*         one small wrapper per lxc subcommand, argv as literal lists
+  7. retry         one tenacity policy, applied by name to flaky steps
+  8. templates     one Jinja2 environment (StrictUndefined)
+  9. components    COMPONENTS: the services as data
+ 10. validation    tenant names, ports, components: checked before anything runs
+ 11. host          LXD install/start/init, Debian 12 image
+ 12. tenant steps  observe -> ensure_* (instances, mounts, ports, secrets, services)
+ 13. CLI           thin click commands, main()
+
+Exit codes: 0 ok - 1 error - 2 usage or bad input (nothing changed) - 3 a command failed
+(the message names the step and the command).
+"""
+
+# --------------------------------------------------------------------------- 1. bootstrap
+import sys
+
+if sys.version_info < (3, 9):  # pragma: no cover - guards minimal hosts
+    sys.exit("botlxc needs Python 3.9 or newer (found %s)" % sys.version.split()[0])
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import string
+import subprocess
+import threading
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+try:
+    import click
+    import jinja2
+    import tenacity
+except ImportError as exc:  # pragma: no cover - depends on the host
+    sys.exit(
+        "botlxc: missing Python package %r. Install with: python3 -m pip install click jinja2 "
+        "tenacity (or run the single-file dist/botlxc.pyz, which bundles them)" % exc.name
+    )
+
+# --------------------------------------------------------------------------- 2. constants
+VERSION = "0.2.0"
+
+#: Where the host directories appear inside every container.
+MOUNT_ROOT = "/opt/gbo"
+#: The three host directories each component gets, in mount order.
+HOST_DIRS = ("data", "conf", "logs")
+#: Prefix of the LXD config keys that carry botlxc's labels (truth lives in LXD).
+LABEL = "user.botlxc."
+#: The default tenant; it keeps the chapter's layout (./botserver-stack) and ports.
+DEFAULT_TENANT = "default"
+#: The image the chapter asks for; used when its server answers.
+REMOTE_IMAGE = "images:debian/12"
+#: Alias of the Debian 12 image botlxc builds with debootstrap when REMOTE_IMAGE is unreachable.
+LOCAL_IMAGE = "botlxc/debian-12"
+#: Scratch space for the image build (removed after a successful import).
+IMAGE_BUILD_DIR = "/var/cache/botlxc/image-build"
+#: Packages baked into the local image: systemd as PID 1, DHCP via networkd (needs udev),
+#: resolved for DNS from the bridge, CA tooling for the host's certificates.
+IMAGE_PACKAGES = ("systemd", "systemd-sysv", "systemd-resolved", "udev", "dbus", "iproute2",
+                  "ca-certificates", "procps", "less")
+#: Debian packages that make a bare Debian 12 host an LXD host.
+HOST_PACKAGES = ("lxd", "lxd-client", "dnsmasq-base", "iptables", "debootstrap", "btrfs-progs")
+#: Where rendered helper scripts live inside a container.
+LIB_DIR = "/usr/local/lib/botlxc"
+#: Where the LXD daemon logs when botlxc starts it without systemd.
+LXD_LOG = "/var/log/lxd/lxd.log"
+#: Name of the bridge and pool botlxc creates on an uninitialised LXD.
+BRIDGE = "lxdbr0"
+POOL = "default"
+#: Secrets file on each component's conf mount (mode 0600, owned by the container's root).
+SECRETS_FILE = "secrets.env"
+#: Host certificates copied into containers so HTTPS through an intercepting proxy works.
+HOST_CA_DIR = "/usr/local/share/ca-certificates"
+#: LXD instance names are at most 63 characters (hostname rules).
+MAX_NAME = 63
+
+# --------------------------------------------------------------------------- 3. errors
+
+
+class BotlxcError(Exception):
+    """An expected failure: one clear line, exit code 1, no traceback."""
+
+    exit_code = 1
+
+
+class BadInput(BotlxcError):
+    """Input that botlxc refuses before changing anything (exit 2)."""
+
+    exit_code = 2
+
+
+class CommandFailed(BotlxcError):
+    """A command returned non-zero; carries what is needed to say which and why (exit 3)."""
+
+    exit_code = 3
+
+    def __init__(self, argv, rc, stderr="", step=""):
+        self.argv, self.rc, self.stderr, self.step = list(argv), rc, stderr or "", step
+        tail = " | ".join(line for line in self.stderr.strip().splitlines()[-3:])
+        where = "%s: " % step if step else ""
+        super().__init__("%scommand failed (exit %s): %s%s" % (
+            where, rc, shlex.join(self.argv), (" -- " + tail) if tail else ""))
+
+
+# --------------------------------------------------------------------------- 4. output
+_out_lock = threading.Lock()
+VERBOSE = {"level": 0}
+
+
+def say(message):
+    """Progress for humans goes to stderr, so stdout stays clean for --json and runbooks."""
+    with _out_lock:
+        click.echo(message, err=True)
+
+
+def debug(message):
+    if VERBOSE["level"]:
+        say("  . " + message)
+
+
+# --------------------------------------------------------------------------- 5. Runner
+
+
+@dataclasses.dataclass
+class Action:
+    """One recorded change: the argv, why it is done, and its stdin (if any)."""
+
+    argv: list
+    why: str
+    input: str = None
+    ok_codes: tuple = (0,)
+    #: secret actions are not shown in runbooks: they are a call of botlxc itself.
+    secret: bool = False
+
+
+class Runner:
+    """The only door to the outside world.
+
+    read()   always runs (also in dry-run): queries that change nothing.
+    change() records an Action and runs it unless dry-run.
+    local()  records an in-process change (secrets) shown in runbooks as an equivalent
+             botlxc command, so secrets never reach argv, LXD or a runbook.
+    _exec()  holds the file's only subprocess.run.
+    """
+
+    def __init__(self, dry_run=False):
+        self.dry_run = dry_run
+        self.actions = []
+        self._lock = threading.Lock()
+
+    def read(self, argv, input=None, check=True, step=""):
+        debug("read: " + shlex.join(argv))
+        return self._exec(argv, input=input, check=check, step=step)
+
+    def change(self, argv, why, input=None, ok_codes=(0,), step=""):
+        with self._lock:
+            self.actions.append(Action(list(argv), why, input, tuple(ok_codes)))
+        if self.dry_run:
+            return None
+        debug("change: " + shlex.join(argv))
+        proc = self._exec(argv, input=input, check=False, step=step)
+        if proc.returncode not in ok_codes:
+            raise CommandFailed(argv, proc.returncode, proc.stderr, step)
+        return proc
+
+    def local(self, shown_argv, why, func):
+        """A change done in-process; shown_argv is the botlxc command that does the same."""
+        with self._lock:
+            self.actions.append(Action(list(shown_argv), why, None, (0,), secret=True))
+        if not self.dry_run:
+            func()
+
+    def _exec(self, argv, input=None, check=True, step=""):
+        try:
+            proc = subprocess.run(argv, input=input, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise CommandFailed(argv, 127, "%s: command not found" % argv[0], step) from None
+        if check and proc.returncode != 0:
+            raise CommandFailed(argv, proc.returncode, proc.stderr, step)
+        return proc
+
+    def script(self):
+        """The recorded changes as a POSIX shell runbook (bash -n clean)."""
+        lines = ["#!/usr/bin/env bash",
+                 "# botlxc %s runbook: the changes botlxc would make, in order." % VERSION,
+                 "set -eu", ""]
+        for action in self.actions:
+            lines.append("# " + action.why)
+            command = shlex.join(action.argv)
+            if action.ok_codes != (0,):
+                command += " || true"
+            if action.input is None:
+                lines.append(command)
+            elif action.input.endswith("\n") and "\nBOTLXC_EOF\n" not in "\n" + action.input:
+                lines.append(command + " <<'BOTLXC_EOF'")
+                lines.append(action.input + "BOTLXC_EOF")
+            else:
+                lines.append("printf '%%s' %s | %s" % (shlex.quote(action.input), command))
+            lines.append("")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- 6. lxc wrappers
+# Queries always ask for JSON; every wrapper builds its argv as one literal list.
+
+
+def lxc_list(runner, *filters):
+    proc = runner.read(["lxc", "list", *filters, "--format", "json"], step="list instances")
+    return json.loads(proc.stdout or "[]")
+
+
+def lxc_query(runner, path, check=True):
+    proc = runner.read(["lxc", "query", path], check=check, step="query LXD")
+    if proc.returncode != 0:
+        return None
+    return json.loads(proc.stdout or "null")
+
+
+def lxc_image_alias(runner, alias):
+    """The local image with this alias, or None."""
+    proc = runner.read(["lxc", "image", "list", "local:" + alias, "--format", "json"],
+                       step="look up image")
+    images = [img for img in json.loads(proc.stdout or "[]")
+              if any(a.get("name") == alias for a in img.get("aliases") or [])]
+    return images[0] if images else None
+
+
+def lxc_remote_image_reachable(runner, image):
+    proc = runner.read(["timeout", "20", "lxc", "image", "info", image], check=False)
+    return proc.returncode == 0
+
+
+def lxc_init(runner, image, name, config):
+    argv = ["lxc", "init", image, name]
+    for key, value in config.items():
+        argv += ["-c", "%s=%s" % (key, value)]
+    runner.change(argv, "create instance %s from %s" % (name, image), step=name + ": create")
+
+
+def lxc_config_set(runner, name, key, value, why):
+    runner.change(["lxc", "config", "set", name, key, value], why, step=name + ": config")
+
+
+def lxc_device_add(runner, name, device, dtype, props, why):
+    argv = ["lxc", "config", "device", "add", name, device, dtype]
+    argv += ["%s=%s" % (k, v) for k, v in props.items()]
+    runner.change(argv, why, step=name + ": add device " + device)
+
+
+def lxc_device_remove(runner, name, device, why):
+    runner.change(["lxc", "config", "device", "remove", name, device], why,
+                  step=name + ": remove device " + device)
+
+
+def lxc_start(runner, name):
+    runner.change(["lxc", "start", name], "start " + name, step=name + ": start")
+
+
+def lxc_stop(runner, name):
+    runner.change(["lxc", "stop", name], "stop " + name, step=name + ": stop")
+
+
+def lxc_delete(runner, name):
+    runner.change(["lxc", "delete", name, "--force"],
+                  "delete instance %s (host dirs stay)" % name, step=name + ": delete")
+
+
+def lxc_exec(runner, name, argv, why=None, input=None, ok_codes=(0,), step=""):
+    """Run argv inside the instance: a change when why is given, else a read."""
+    full = ["lxc", "exec", name, "--", *argv]
+    if why is None:
+        return runner.read(full, input=input, check=False, step=step)
+    return runner.change(full, why, input=input, ok_codes=ok_codes, step=step)
+
+
+def lxc_file_push(runner, name, dest, mode, why, content=None, source=None):
+    """Push content (via stdin) or a host file to dest inside the instance."""
+    argv = ["lxc", "file", "push", source or "-", name + dest, "--create-dirs", "--mode", mode]
+    runner.change(argv, why, input=content, step=name + ": push " + dest)
+
+
+# --------------------------------------------------------------------------- 7. retry
+#: The one retry policy: only for known-flaky steps (network, first package installs).
+#: reraise=True so the user sees the real CommandFailed, not a RetryError.
+FLAKY = tenacity.retry(
+    retry=tenacity.retry_if_exception_type(CommandFailed),
+    stop=tenacity.stop_after_attempt(3),
+    wait=tenacity.wait_exponential(multiplier=2, max=20),
+    reraise=True,
+)
+
+
+class NotReady(BotlxcError):
+    """An instance that is still booting (retried by wait_ready)."""
+
+
+# --------------------------------------------------------------------------- 8. templates
+
+
+def _template_source(name):
+    """Find a template next to this file, inside the .pyz, or under <prefix>/share."""
+    here = Path(__file__).resolve().parent
+    for base in (here / "templates", Path(sys.prefix) / "share" / "botlxc" / "templates"):
+        path = base / name
+        if path.is_file():
+            return path.read_text(), str(path), lambda: True
+    if zipfile.is_zipfile(here):  # running as dist/botlxc.pyz
+        with zipfile.ZipFile(here) as archive:
+            with contextlib.suppress(KeyError):
+                return archive.read("templates/" + name).decode(), name, lambda: True
+    return None
+
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FunctionLoader(_template_source),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    autoescape=False,
+)
+
+
+def render(name, **ctx):
+    try:
+        return TEMPLATES.get_template(name).render(**ctx)
+    except jinja2.TemplateNotFound:
+        raise BotlxcError("template %s is missing from this botlxc installation" % name) from None
+
+
+# --------------------------------------------------------------------------- 9. components
+
+
+@dataclasses.dataclass(frozen=True)
+class Port:
+    name: str
+    port: int
+    engines: tuple = ()  # empty: every engine
+
+
+@dataclasses.dataclass(frozen=True)
+class Component:
+    """A service as data. Adding one = an entry here plus templates/components/<name>/."""
+
+    name: str
+    summary: str
+    ports: tuple
+    #: (template under templates/components/<name>/, destination in the container, mode)
+    files: tuple
+    #: keys generated once into <conf>/secrets.env
+    secrets: tuple
+    #: lines of the stack's .env, formatted with the secrets and host ports (port_<name>)
+    env: tuple
+    engines: tuple = ("",)
+    depends_on: tuple = ()
+
+    def ports_for(self, engine):
+        return tuple(p for p in self.ports if not p.engines or engine in p.engines)
+
+
+_SCRIPTS = (("install.sh.j2", LIB_DIR + "/install.sh", "0755"),
+            ("health.sh.j2", LIB_DIR + "/health.sh", "0755"))
+
+COMPONENTS = {
+    "tables": Component(
+        name="tables",
+        summary="PostgreSQL 15",
+        ports=(Port("pg", 5432),),
+        files=_SCRIPTS + (
+            ("tables.service.j2", "/etc/systemd/system/tables.service", "0644"),
+            ("postgresql.conf.j2", MOUNT_ROOT + "/conf/postgresql.conf", "0644"),
+            ("pg_hba.conf.j2", MOUNT_ROOT + "/conf/pg_hba.conf", "0644"),
+            ("pg_ident.conf.j2", MOUNT_ROOT + "/conf/pg_ident.conf", "0644"),
+        ),
+        secrets=("TABLES_PASSWORD",),
+        env=("DATABASE_URL=postgres://gbuser:{TABLES_PASSWORD}@127.0.0.1:{port_pg}/botserver",),
+    ),
+    "drive": Component(
+        name="drive",
+        summary="S3 object storage",
+        ports=(Port("s3", 9000), Port("console", 9001, engines=("minio",))),
+        files=_SCRIPTS + (
+            ("drive.service.j2", "/etc/systemd/system/drive.service", "0644"),
+        ),
+        secrets=("DRIVE_ACCESSKEY", "DRIVE_SECRET"),
+        env=("DRIVE_SERVER=http://127.0.0.1:{port_s3}",
+             "DRIVE_ACCESSKEY={DRIVE_ACCESSKEY}",
+             "DRIVE_SECRET={DRIVE_SECRET}"),
+        engines=("rclone", "minio"),
+    ),
+    "cache": Component(
+        name="cache",
+        summary="Valkey 8",
+        ports=(Port("valkey", 6379),),
+        files=_SCRIPTS + (
+            ("cache.service.j2", "/etc/systemd/system/cache.service", "0644"),
+            ("valkey.conf.j2", MOUNT_ROOT + "/conf/valkey.conf", "0644"),
+        ),
+        secrets=("CACHE_PASSWORD",),
+        env=("CACHE_URL=redis://gbuser:{CACHE_PASSWORD}@127.0.0.1:{port_valkey}",),
+    ),
+}
+#: What `up` brings when no --component is given, in the chapter's order.
+DEFAULT_COMPONENTS = ("tables", "drive", "cache")
+
+# --------------------------------------------------------------------------- 10. validation
+_TENANT_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+
+
+def validate_tenant(tenant):
+    longest = max(len(name) for name in COMPONENTS)
+    limit = MAX_NAME - 1 - longest
+    if not tenant:
+        raise BadInput("tenant name is empty")
+    if not _TENANT_RE.match(tenant) or tenant.endswith("-") or "--" in tenant:
+        raise BadInput(
+            "invalid tenant name %r: use lowercase letters, digits and single dashes, starting "
+            "with a letter and not ending with a dash (it becomes part of LXD instance names)"
+            % tenant)
+    if len(tenant) > limit:
+        raise BadInput("tenant name %r is too long: at most %d characters, so that "
+                       "'%s-%s' fits LXD's %d-character limit"
+                       % (tenant, limit, tenant, max(COMPONENTS, key=len), MAX_NAME))
+    return tenant
+
+
+def validate_components(names):
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown:
+        raise BadInput("unknown component %s (known: %s)"
+                       % (", ".join(map(repr, unknown)), ", ".join(COMPONENTS)))
+    # keep the catalogue's order, drop repeats
+    return tuple(n for n in COMPONENTS if n in names)
+
+
+def parse_port_picks(values, components):
+    """--port COMPONENT[.NAME]=HOSTPORT -> {(component, port name): host port}."""
+    picks = {}
+    for value in values:
+        match = re.match(r"^([a-z]+)(?:\.([a-z0-9]+))?=(\d{1,5})$", value)
+        if not match:
+            raise BadInput("invalid --port %r: expected COMPONENT[.NAME]=HOSTPORT, "
+                           "e.g. tables=15432 or drive.s3=19000" % value)
+        comp, pname, number = match.group(1), match.group(2), int(match.group(3))
+        if comp not in COMPONENTS:
+            raise BadInput("invalid --port %r: unknown component %r" % (value, comp))
+        names = [p.name for p in COMPONENTS[comp].ports]
+        pname = pname or names[0]
+        if pname not in names:
+            raise BadInput("invalid --port %r: %s has ports %s" % (value, comp, ", ".join(names)))
+        if not 1 <= number <= 65535:
+            raise BadInput("invalid --port %r: port %d is out of range 1-65535" % (value, number))
+        picks[(comp, pname)] = number
+    if len(set(picks.values())) != len(picks):
+        raise BadInput("--port: the same host port is picked twice")
+    return picks
+
+
+def validate_listen(address):
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise BadInput("invalid --listen %r: give an IP address such as 127.0.0.1" % address) \
+            from None
+    return address
+
+
+def validate_path(value, what):
+    if any(ch in value for ch in "\n\r\0;&|`$<>"):
+        raise BadInput("invalid %s %r: shell metacharacters are not allowed in paths"
+                       % (what, value))
+    return value
+
+
+# --------------------------------------------------------------------------- 11. host
+
+
+def read_apt_mirrors(root="/"):
+    """The host's own Debian mirrors: {'debian': URI, 'security': URI or None}.
+
+    Read from deb822 .sources files and the one-line sources.list, so botlxc never
+    names a package host itself.
+    """
+    entries = []
+    base = Path(root) / "etc" / "apt"
+    files = sorted((base / "sources.list.d").glob("*.sources")) if \
+        (base / "sources.list.d").is_dir() else []
+    for path in files:
+        for stanza in path.read_text().split("\n\n"):
+            fields = {}
+            for line in stanza.splitlines():
+                if line.startswith("#") or ":" not in line or line[0].isspace():
+                    continue
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.split()
+            if "deb" in fields.get("types", []) and fields.get("enabled", ["yes"]) != ["no"]:
+                for uri in fields.get("uris", []):
+                    entries.append((uri, fields.get("suites", [])))
+    for path in [base / "sources.list", *sorted((base / "sources.list.d").glob("*.list"))] \
+            if (base / "sources.list.d").is_dir() else [base / "sources.list"]:
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                words = re.sub(r"\[[^]]*\]", "", line).split()
+                if len(words) >= 3 and words[0] == "deb":
+                    entries.append((words[1], [words[2]]))
+    mirrors = {"debian": None, "security": None}
+    for uri, suites in entries:
+        if "bookworm" in suites and not mirrors["debian"]:
+            mirrors["debian"] = uri
+        if "bookworm-security" in suites and not mirrors["security"]:
+            mirrors["security"] = uri
+    return mirrors
+
+
+def pip_index_url():
+    """The host pip's index-url, if it sets one (containers then use the same mirror)."""
+    for path in ("/etc/pip.conf", "/etc/xdg/pip/pip.conf", os.path.expanduser("~/.pip/pip.conf"),
+                 os.path.expanduser("~/.config/pip/pip.conf")):
+        with contextlib.suppress(OSError):
+            for line in Path(path).read_text().splitlines():
+                key, _, value = line.partition("=")
+                if key.strip() == "index-url" and value.strip().startswith(("http://",
+                                                                           "https://")):
+                    return value.strip()
+    return os.environ.get("PIP_INDEX_URL", "")
+
+
+def host_routes(runner):
+    """Networks in use on the host (addresses and routes), so a new bridge overlaps none."""
+    nets = []
+    for argv in (["ip", "-j", "-4", "route", "show", "table", "all"], ["ip", "-j", "-4", "addr"]):
+        proc = runner.read(argv, check=False)
+        for item in json.loads(proc.stdout or "[]") if proc.returncode == 0 else []:
+            dst = item.get("dst")
+            if dst and dst != "default":
+                with contextlib.suppress(ValueError):
+                    nets.append(ipaddress.ip_network(dst, strict=False))
+            for info in item.get("addr_info", []):
+                with contextlib.suppress(ValueError, KeyError):
+                    nets.append(ipaddress.ip_network(
+                        "%s/%s" % (info["local"], info["prefixlen"]), strict=False))
+    return nets
+
+
+def free_subnet(used):
+    """The first 10.x.y.0/24 that overlaps no host network (lxd init --auto fails here)."""
+    for second in range(100, 250):
+        for third in (77, 177):
+            net = ipaddress.ip_network("10.%d.%d.0/24" % (second, third))
+            if not any(net.overlaps(u) for u in used):
+                return net
+    raise BotlxcError("no free 10.x.y.0/24 subnet for the LXD bridge; create one yourself "
+                      "with: lxc network create lxdbr0 ipv4.address=A.B.C.1/24 ipv4.nat=true")
+
+
+def btrfs_usable():
+    with contextlib.suppress(OSError):
+        if "btrfs" in Path("/proc/filesystems").read_text() and shutil.which("mkfs.btrfs"):
+            return True
+    return False
+
+
+def observe_host(runner):
+    """What the host has: binaries, daemon, pools, networks, default profile."""
+    world = {"lxc": shutil.which("lxc"), "lxd": shutil.which("lxd"), "daemon": False,
+             "pools": [], "networks": [], "profile": {}}
+    if not world["lxc"]:
+        return world
+    server = lxc_query(runner, "/1.0", check=False)
+    if server is None:
+        return world
+    world["daemon"] = True
+    world["pools"] = lxc_query(runner, "/1.0/storage-pools?recursion=1") or []
+    world["networks"] = lxc_query(runner, "/1.0/networks?recursion=1") or []
+    world["profile"] = lxc_query(runner, "/1.0/profiles/default") or {}
+    return world
+
+
+def ensure_lxd_installed(runner, world):
+    if world["lxc"] and world["lxd"]:
+        return
+    if os.geteuid() != 0 or not Path("/etc/debian_version").exists():
+        raise BotlxcError(
+            "LXD is not installed. As root on Debian/Ubuntu run: apt-get update && "
+            "apt-get install -y " + " ".join(HOST_PACKAGES) + "  (or: snap install lxd)")
+    say("host: installing LXD from the distribution's packages")
+    runner.change(["apt-get", "update"], "refresh the package lists", step="install LXD")
+    runner.change(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y",
+                   "--no-install-recommends", *HOST_PACKAGES],
+                  "install LXD and what botlxc needs on the host", step="install LXD")
+
+
+def ensure_lxd_running(runner, world):
+    if world["daemon"]:
+        return
+    if Path("/run/systemd/system").is_dir():
+        say("host: starting LXD (systemd)")
+        runner.change(["systemctl", "start", "lxd.socket", "lxd.service"],
+                      "start the LXD daemon", step="start LXD")
+    else:
+        # No systemd as PID 1 (containers, CI sandboxes): run the daemon in the background.
+        say("host: starting LXD (no systemd: background daemon, log %s)" % LXD_LOG)
+        runner.change(["mkdir", "-p", os.path.dirname(LXD_LOG)], "directory for the LXD log")
+        runner.change(["start-stop-daemon", "--start", "--background", "--oknodo",
+                       "--exec", shutil.which("lxd") or "/usr/bin/lxd", "--",
+                       "--group", "root", "--logfile", LXD_LOG],
+                      "start the LXD daemon in the background", step="start LXD")
+    runner.change(["lxd", "waitready", "--timeout", "120"], "wait until LXD answers",
+                  step="start LXD")
+
+
+def lxd_initialised(world):
+    return bool(world["pools"]) or "root" in (world["profile"].get("devices") or {})
+
+
+def ensure_lxd_initialised(runner, world):
+    """Initialise an empty LXD from a preseed; an initialised one is used as it is."""
+    if world["daemon"] and lxd_initialised(world):
+        debug("LXD already initialised: used as it is")
+        return
+    driver = "btrfs" if btrfs_usable() else "dir"
+    bridge = None
+    if not any(n.get("name") == BRIDGE for n in world["networks"]):
+        net = free_subnet(host_routes(runner))
+        bridge = "%s/%d" % (net.network_address + 1, net.prefixlen)
+    preseed = render("lxd-preseed.yaml.j2", pool=POOL, driver=driver, bridge=BRIDGE,
+                     bridge_address=bridge)
+    say("host: initialising LXD (storage %s, bridge %s %s)" % (driver, BRIDGE, bridge or "kept"))
+    runner.change(["lxd", "init", "--preseed"], "initialise LXD: storage pool and bridge",
+                  input=preseed, step="initialise LXD")
+
+
+def ensure_host(runner):
+    """Idempotent host bootstrap; returns the host world after it."""
+    world = observe_host(runner)
+    ensure_lxd_installed(runner, world)
+    ensure_lxd_running(runner, world)
+    ensure_lxd_initialised(runner, world)
+    return world
+
+
+def build_image_actions(runner, mirrors):
+    """Build a Debian 12 image with debootstrap from the host's mirror and import it."""
+    if not mirrors["debian"]:
+        raise BotlxcError("cannot build the Debian 12 image: no bookworm mirror in the host's "
+                          "apt sources; pass --image with an image LXD can use")
+    build = IMAGE_BUILD_DIR
+    rootfs = build + "/rootfs"
+    step = "build image"
+    runner.change(["rm", "-rf", build], "start the image build from a clean folder", step=step)
+    runner.change(["mkdir", "-p", build], "image build folder", step=step)
+    if not shutil.which("debootstrap"):
+        runner.change(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y",
+                       "debootstrap"], "debootstrap builds the image", step=step)
+    FLAKY(runner.change)(
+        ["debootstrap", "--variant=minbase", "--include=" + ",".join(IMAGE_PACKAGES),
+         "bookworm", rootfs, mirrors["debian"]],
+        "Debian 12 root filesystem from the host's apt mirror (about a minute)", step=step)
+    files = (
+        ("image/eth0.network.j2", rootfs + "/etc/systemd/network/eth0.network"),
+        ("image/sources.list.j2", rootfs + "/etc/apt/sources.list"),
+        ("image/metadata.yaml.j2", build + "/metadata.yaml"),
+    )
+    for template, dest in files:
+        content = render(template, mirror=mirrors["debian"], security=mirrors["security"],
+                         creation_date=int(time.time()), version=VERSION,
+                         architecture=os.uname().machine)
+        runner.change(["install", "-D", "-m", "0644", "/dev/stdin", dest],
+                      "image file " + os.path.relpath(dest, build), input=content, step=step)
+    for unit in ("systemd-networkd.service", "systemd-resolved.service"):
+        runner.change(["ln", "-sf", "/lib/systemd/system/" + unit,
+                       rootfs + "/etc/systemd/system/multi-user.target.wants/" + unit],
+                      "enable %s in the image" % unit, step=step)
+    # resolved's stub gives containers DNS from the bridge whatever the host uses.
+    runner.change(["ln", "-sf", "/run/systemd/resolve/stub-resolv.conf",
+                   rootfs + "/etc/resolv.conf"], "DNS through systemd-resolved", step=step)
+    runner.change(["tar", "-C", build, "-cf", build + "/meta.tar", "metadata.yaml"],
+                  "image metadata tarball", step=step)
+    runner.change(["tar", "--numeric-owner", "-C", rootfs, "-cf", build + "/rootfs.tar", "."],
+                  "image root filesystem tarball", step=step)
+    runner.change(["lxc", "image", "import", build + "/meta.tar", build + "/rootfs.tar",
+                   "--alias", LOCAL_IMAGE], "import the image as " + LOCAL_IMAGE, step=step)
+    runner.change(["rm", "-rf", build], "remove the image build folder", step=step)
+
+
+def ensure_image(runner, requested=None):
+    """The image to launch from: --image, else the local build, else images:, else build."""
+    if requested:
+        return requested
+    if lxc_image_alias(runner, LOCAL_IMAGE):
+        return LOCAL_IMAGE
+    if lxc_remote_image_reachable(runner, REMOTE_IMAGE):
+        return REMOTE_IMAGE
+    say("image: %s is unreachable; building %s with debootstrap from the host's mirror"
+        % (REMOTE_IMAGE, LOCAL_IMAGE))
+    build_image_actions(runner, read_apt_mirrors())
+    return LOCAL_IMAGE
+
+
+# --------------------------------------------------------------------------- 12. tenant steps
+
+
+@dataclasses.dataclass
+class Spec:
+    """What the user asked for, validated: everything a step needs to decide."""
+
+    tenant: str
+    components: tuple
+    stack: Path
+    image: str = None
+    privileged: bool = False
+    host_ca: bool = True
+    listen: str = "127.0.0.1"
+    port_picks: dict = dataclasses.field(default_factory=dict)
+    engine: str = "rclone"
+    artifacts: dict = dataclasses.field(default_factory=dict)
+    services: bool = True
+    jobs: int = 3
+
+    def name(self, component):
+        return "%s-%s" % (self.tenant, component)
+
+    def engine_of(self, component):
+        return self.engine if component == "drive" else ""
+
+
+def default_stack(tenant):
+    """The chapter's ./botserver-stack for the default tenant; a sibling for the others."""
+    return Path("botserver-stack" if tenant == DEFAULT_TENANT else "botserver-stack-" + tenant)
+
+
+def labels(inst):
+    config = inst.get("config") or {}
+    return {k[len(LABEL):]: v for k, v in config.items() if k.startswith(LABEL)}
+
+
+def observe_tenant(runner, tenant):
+    """One `lxc list` snapshot: the tenant's instances by component, and every instance."""
+    everything = lxc_list(runner)
+    mine = {}
+    for inst in everything:
+        lab = labels(inst)
+        if lab.get("tenant") == tenant:
+            mine[lab.get("component")] = inst
+    return {"all": everything, "mine": mine}
+
+
+def host_listen_ports():
+    """TCP ports something listens on in the host's network namespace."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 3 and fields[3] == "0A":  # 0A = LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def proxy_ports(inst):
+    """{device name: (listen port, connect port)} for an instance's proxy devices."""
+    found = {}
+    for device, props in (inst.get("devices") or {}).items():
+        if props.get("type") == "proxy":
+            with contextlib.suppress(ValueError, IndexError):
+                found[device] = (int(props["listen"].rsplit(":", 1)[1]),
+                                 int(props["connect"].rsplit(":", 1)[1]))
+    return found
+
+
+def allocate_ports(spec, snapshot, listening):
+    """Host ports for each (component, port name); taken ports are detected, not collided."""
+    mine = {spec.name(c) for c in spec.components}
+    taken = set(listening)
+    for inst in snapshot["all"]:
+        taken.update(lp for lp, _ in proxy_ports(inst).values())
+    kept = {}
+    for comp in spec.components:
+        inst = snapshot["mine"].get(comp)
+        if inst is not None and inst["name"] in mine:
+            by_connect = {cp: lp for lp, cp in proxy_ports(inst).values()}
+            for port in COMPONENTS[comp].ports_for(spec.engine_of(comp)):
+                if port.port in by_connect:
+                    kept[(comp, port.name)] = by_connect[port.port]
+    allocated = {}
+    for comp in spec.components:
+        for port in COMPONENTS[comp].ports_for(spec.engine_of(comp)):
+            key = (comp, port.name)
+            pick = spec.port_picks.get(key)
+            if key in kept and pick in (None, kept[key]):
+                allocated[key] = kept[key]
+                continue
+            if pick is not None:
+                if pick in taken or pick in allocated.values():
+                    raise BadInput("port %d for %s.%s is already in use on this host"
+                                   % (pick, comp, port.name))
+                allocated[key] = pick
+                continue
+            candidate = port.port
+            while candidate in taken or candidate in allocated.values():
+                candidate += 1
+                if candidate > 65535:
+                    raise BotlxcError("no free host port for %s.%s" % (comp, port.name))
+            if candidate != port.port:
+                say("ports: %d is taken; %s.%s gets host port %d"
+                    % (port.port, comp, port.name, candidate))
+            allocated[key] = candidate
+    return allocated
+
+
+def subid_base(privileged):
+    """Host id of the container's root: what LXD maps from /etc/subuid (root's entry)."""
+    if privileged:
+        return 0
+    with contextlib.suppress(OSError):
+        for line in Path("/etc/subuid").read_text().splitlines():
+            user, _, rest = line.partition(":")
+            if user == "root":
+                return int(rest.split(":")[0])
+    return 1000000  # LXD's own default when /etc/subuid has no entry for root
+
+
+def idmap_base(inst, privileged):
+    """The host uid of container root for an existing instance, else the prediction."""
+    if inst is not None:
+        config = inst.get("config") or {}
+        if config.get("security.privileged") == "true":
+            return 0
+        for key in ("volatile.idmap.current", "volatile.idmap.next", "volatile.last_state.idmap"):
+            with contextlib.suppress(ValueError, TypeError):
+                for entry in json.loads(config.get(key) or "[]"):
+                    if entry.get("Isuid") and entry.get("Nsid") == 0:
+                        return int(entry["Hostid"])
+    return subid_base(privileged)
+
+
+def host_dir(spec, component, which=None):
+    base = spec.stack / component
+    return base / which if which else base
+
+
+def ensure_host_dirs(runner, spec, component, owner):
+    """<stack>/<component>/{data,conf,logs}, owned by the container's root before mounting."""
+    dirs = [host_dir(spec, component, d) for d in HOST_DIRS]
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        runner.change(["mkdir", "-p", *missing], "host dirs for %s" % component,
+                      step=spec.name(component) + ": host dirs")
+    wrong = [str(d) for d in dirs if str(d) in missing or
+             (d.stat().st_uid, d.stat().st_gid) != (owner, owner)]
+    if wrong:
+        # Only the top dirs: the services inside own what they create below them.
+        runner.change(["chown", "%d:%d" % (owner, owner), *wrong],
+                      "owned by the container's root (host uid %d)" % owner,
+                      step=spec.name(component) + ": host dirs")
+
+
+def wanted_devices(spec, component, ports):
+    devices = {}
+    for which in HOST_DIRS:
+        devices[which] = {"type": "disk", "source": str(host_dir(spec, component, which)),
+                          "path": "%s/%s" % (MOUNT_ROOT, which)}
+    for port in COMPONENTS[component].ports_for(spec.engine_of(component)):
+        host_port = ports[(component, port.name)]
+        devices["port-%d" % host_port] = {
+            "type": "proxy", "listen": "tcp:%s:%d" % (spec.listen, host_port),
+            "connect": "tcp:127.0.0.1:%d" % port.port}
+    return devices
+
+
+def ensure_devices(runner, spec, component, inst, ports):
+    name = spec.name(component)
+    have = (inst or {}).get("devices") or {}
+    for device, props in wanted_devices(spec, component, ports).items():
+        current = have.get(device)
+        if current == props:
+            continue
+        if current is not None and current.get("type") == "disk":
+            # Never re-point a data mount silently: the data lives where it already points.
+            raise BotlxcError("%s: device %s points at %s, expected %s; fix it by hand or use "
+                              "--stack-dir %s" % (name, device, current.get("source"),
+                                                  props["source"], current.get("source")))
+        if current is not None:
+            lxc_device_remove(runner, name, device, "replace device %s" % device)
+        what = "mount %s at %s" % (props["source"], props["path"]) if props["type"] == "disk" \
+            else "forward host %s to %s" % (props["listen"], props["connect"])
+        lxc_device_add(runner, name, device, props.pop("type"), props, what)
+    wanted = wanted_devices(spec, component, ports)
+    for device, props in have.items():
+        if props.get("type") == "proxy" and device.startswith("port-") and device not in wanted:
+            lxc_device_remove(runner, name, device, "port %s no longer used" % device)
+
+
+def host_ca_files():
+    base = Path(HOST_CA_DIR)
+    return sorted(p for p in base.rglob("*.crt") if p.is_file()) if base.is_dir() else []
+
+
+def digest(*parts):
+    sha = hashlib.sha256()
+    for part in parts:
+        sha.update(part.encode() if isinstance(part, str) else part)
+        sha.update(b"\0")
+    return sha.hexdigest()[:16]
+
+
+def wait_ready(runner, name):
+    """Wait for systemd inside and an IPv4 address (needed for package installs)."""
+    lxc_exec(runner, name, ["systemctl", "is-system-running", "--wait"],
+             why="wait until systemd in %s has booted" % name, ok_codes=(0, 1),
+             step=name + ": boot")
+    if runner.dry_run:
+        return
+    for attempt in tenacity.Retrying(stop=tenacity.stop_after_delay(90),
+                                     wait=tenacity.wait_fixed(1), reraise=True,
+                                     retry=tenacity.retry_if_exception_type(NotReady)):
+        with attempt:
+            inst = (lxc_list(runner, name) or [{}])[0]
+            nets = ((inst.get("state") or {}).get("network") or {})
+            if not any(a.get("family") == "inet" and a.get("scope") == "global"
+                       for n, net in nets.items() if n != "lo"
+                       for a in net.get("addresses") or []):
+                raise NotReady("%s has no IPv4 address after 90 s: check the bridge's DHCP "
+                               "(lxc network info %s) and the host firewall" % (name, BRIDGE))
+
+
+def ensure_host_ca(runner, spec, name, inst):
+    files = host_ca_files() if spec.host_ca else []
+    if not files:
+        return
+    want = digest(*[f.read_bytes() for f in files])
+    if labels(inst or {}).get("host-ca") == want:
+        return
+    for path in files:
+        lxc_file_push(runner, name, "/usr/local/share/ca-certificates/" + path.name, "0644",
+                      "host CA certificate %s (HTTPS through the host's proxy)" % path.name,
+                      source=str(path))
+    lxc_exec(runner, name, ["update-ca-certificates"], why="trust the host's CA certificates",
+             step=name + ": host CA")
+    lxc_config_set(runner, name, LABEL + "host-ca", want, "remember which host CAs are in")
+
+
+def ensure_instance(runner, spec, component, inst, ports, image):
+    """The container with its labels, host dirs, mounts and ports, running and booted."""
+    name = spec.name(component)
+    if inst is None:
+        config = {"security.privileged": "true" if spec.privileged else "false",
+                  LABEL + "tenant": spec.tenant, LABEL + "component": component,
+                  LABEL + "version": VERSION, LABEL + "stack": str(spec.stack)}
+        if component == "drive":
+            config[LABEL + "engine"] = spec.engine
+        lxc_init(runner, image, name, config)
+    ensure_devices(runner, spec, component, inst, ports)
+    fresh = inst is None or inst.get("status") != "Running"
+    if fresh:
+        lxc_start(runner, name)
+        wait_ready(runner, name)
+    ensure_host_ca(runner, spec, name, inst)
+    return name
+
+
+# ---- secrets and the stack's .env
+
+
+def secrets_path(spec, component):
+    return host_dir(spec, component, "conf") / SECRETS_FILE
+
+
+def read_env_file(path):
+    values = {}
+    with contextlib.suppress(FileNotFoundError):
+        for line in path.read_text().splitlines():
+            key, sep, value = line.partition("=")
+            if sep and not key.startswith("#"):
+                values[key.strip()] = value.strip()
+    return values
+
+
+def new_secret(length=32):
+    alphabet = string.ascii_letters + string.digits  # safe in URLs and shell files
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def write_private(path, text, owner):
+    """Write a 0600 file atomically; never through argv or a runbook."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name("." + path.name + ".tmp")
+    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fchmod(fd, 0o600)
+        if os.geteuid() == 0:
+            os.fchown(fd, owner, owner)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def stack_env(spec, ports, values_by_component):
+    lines = ["# BotServer settings for tenant %s, written by botlxc (keep private)" % spec.tenant]
+    for comp in spec.components:
+        fields = dict(values_by_component[comp])
+        fields.update({"port_" + pname: hp for (c, pname), hp in ports.items() if c == comp})
+        lines += [line.format(**fields) for line in COMPONENTS[comp].env]
+    return "\n".join(lines) + "\n"
+
+
+def ensure_secrets(runner, spec, ports, owners, self_argv):
+    """Generate each component's secrets once; keep them; write the stack's .env from them."""
+    values, to_write = {}, {}
+    for comp in spec.components:
+        current = read_env_file(secrets_path(spec, comp))
+        wanted = {key: current.get(key) or new_secret(20 if key.endswith("ACCESSKEY") else 32)
+                  for key in COMPONENTS[comp].secrets}
+        values[comp] = wanted
+        if any(current.get(k) != v for k, v in wanted.items()):
+            to_write[comp] = wanted
+    env_path = spec.stack / ".env"
+    env_text = stack_env(spec, ports, values)
+    env_stale = not env_path.is_file() or env_path.read_text() != env_text \
+        or (env_path.stat().st_mode & 0o777) != 0o600
+    if not to_write and not env_stale:
+        return
+
+    def write_all():
+        for comp, wanted in to_write.items():
+            text = "".join("%s=%s\n" % kv for kv in wanted.items())
+            write_private(secrets_path(spec, comp), text, owners[comp])
+        write_private(env_path, env_text, 0)
+
+    shown = self_argv + ["secrets", "--tenant", spec.tenant, "--stack-dir", str(spec.stack)]
+    for (comp, pname), port in sorted(ports.items()):
+        shown += ["--port", "%s.%s=%d" % (comp, pname, port)]
+    runner.local(shown, "generate missing secrets (0600, never shown) and write %s" % env_path,
+                 write_all)
+
+
+# ---- services inside
+
+
+def render_files(spec, component):
+    """The component's rendered files: [(destination, mode, content)]."""
+    comp = COMPONENTS[component]
+    engine = spec.engine_of(component)
+    ctx = {"tenant": spec.tenant, "component": component, "engine": engine,
+           "ports": {p.name: p.port for p in comp.ports_for(engine)},
+           "pip_index_url": pip_index_url()}
+    return [(dest, mode, render("components/%s/%s" % (component, template), **ctx))
+            for template, dest, mode in comp.files]
+
+
+def fetch_artifact(source, sha256):
+    """A local path or an http(s) URL, checked against sha256 when one is given."""
+    if re.match(r"^https?://", source):
+        cache = Path("/var/cache/botlxc/artifacts")
+        cache.mkdir(parents=True, exist_ok=True)
+        target = cache / ("%s-%s" % (hashlib.sha256(source.encode()).hexdigest()[:12],
+                                     source.rstrip("/").rsplit("/", 1)[-1] or "artifact"))
+        if not target.is_file() or file_sha256(target) != sha256:
+            say("artifact: downloading %s" % source)
+            tmp = target.with_suffix(".part")
+            try:
+                with urllib.request.urlopen(source, timeout=60) as resp, open(tmp, "wb") as out:
+                    shutil.copyfileobj(resp, out)
+            except OSError as exc:
+                raise BotlxcError("artifact: download of %s failed: %s" % (source, exc)) from None
+            os.replace(tmp, target)
+        path = target
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise BadInput("artifact %s does not exist" % source)
+    actual = file_sha256(path)
+    if sha256 and actual != sha256.lower():
+        raise BotlxcError("artifact %s: sha256 mismatch: expected %s, got %s; refusing to "
+                          "install it" % (source, sha256, actual))
+    return path, actual
+
+
+def file_sha256(path):
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+@FLAKY
+def run_install(runner, name):
+    # The script is idempotent, so a retry after a mirror hiccup simply runs it again.
+    lxc_exec(runner, name, ["sh", LIB_DIR + "/install.sh"],
+             why="install and start the service in %s" % name, step=name + ": install")
+
+
+def ensure_service(runner, spec, component, inst):
+    """Render, push and run the component's install script when what it installs changed."""
+    name = spec.name(component)
+    files = render_files(spec, component)
+    binary = None
+    if spec.engine_of(component) == "minio":
+        if "minio" not in spec.artifacts:
+            raise BadInput("drive engine minio needs --artifact minio=PATH or "
+                           "--artifact minio=URL --sha256 minio=HEX")
+        binary = spec.artifacts["minio"]
+    want = digest(*[part for f in files for part in f], binary[1] if binary else "")
+    if labels(inst or {}).get("installed") == want:
+        return False
+    for dest, mode, content in files:
+        lxc_file_push(runner, name, dest, mode, "%s: %s" % (component, dest), content=content)
+    if binary:
+        lxc_file_push(runner, name, "/usr/local/bin/minio", "0755",
+                      "MinIO server binary (sha256 %s)" % binary[1], source=str(binary[0]))
+    run_install(runner, name)
+    lxc_config_set(runner, name, LABEL + "installed", want,
+                   "remember what is installed (skips the install next time)")
+    return True
+
+
+def health(runner, name):
+    """(ok, message) from the component's own health script inside the container."""
+    proc = lxc_exec(runner, name, ["sh", LIB_DIR + "/health.sh"], step=name + ": health")
+    text = (proc.stdout.strip() or proc.stderr.strip() or "").splitlines()
+    return proc.returncode == 0, (text[-1] if text else "exit %d" % proc.returncode)
+
+
+def wait_healthy(runner, name, seconds=90):
+    if runner.dry_run:
+        return True, "dry run"
+    deadline = time.monotonic() + seconds
+    while True:
+        ok, message = health(runner, name)
+        if ok or time.monotonic() > deadline:
+            return ok, message
+        time.sleep(2)
+
+
+# ---- whole-tenant operations
+
+
+@contextlib.contextmanager
+def tenant_lock(tenant, wait=600):
+    """One run per tenant at a time; a second run waits, then fails clearly."""
+    base = Path("/run/lock") if Path("/run/lock").is_dir() else Path("/tmp")
+    path = base / ("botlxc-%s.lock" % tenant)
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say("another botlxc run holds tenant %s (%s); waiting" % (tenant, path))
+            deadline = time.monotonic() + wait
+            while True:
+                time.sleep(1)
+                with contextlib.suppress(BlockingIOError):
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                if time.monotonic() > deadline:
+                    raise BotlxcError("tenant %s is still locked by another botlxc run after "
+                                      "%d s (%s)" % (tenant, wait, path)) from None
+        yield
+
+
+def self_argv():
+    """How to call this botlxc again (shown in runbooks for in-process steps)."""
+    here = Path(sys.argv[0])
+    if here.suffix == ".pyz" or here.name == "botlxc.py":
+        return [sys.executable, str(here.resolve())]
+    return ["botlxc"]
+
+
+def resolve_stack(spec, snapshot):
+    """The tenant's stack root: as recorded on its instances, unless --stack-dir says so."""
+    recorded = {labels(i).get("stack") for i in snapshot["mine"].values()} - {None}
+    if len(recorded) == 1:
+        old = Path(recorded.pop())
+        if spec.stack is None:
+            return old
+        if spec.stack.resolve() != old:
+            raise BadInput("tenant %s keeps its data in %s; --stack-dir %s differs (move the "
+                           "data first, or omit --stack-dir)" % (spec.tenant, old, spec.stack))
+    return (spec.stack or default_stack(spec.tenant)).resolve()
+
+
+def bring_up_component(runner, spec, component, inst, ports, image):
+    started = time.monotonic()
+    name = ensure_instance(runner, spec, component, inst, ports, image)
+    changed = False
+    if spec.services:
+        changed = ensure_service(runner, spec, component, inst)
+        ok, message = wait_healthy(runner, name) if not runner.dry_run else (True, "planned")
+        if not ok:
+            raise BotlxcError("%s: unhealthy after install: %s (see: lxc exec %s -- journalctl "
+                              "-u %s)" % (name, message, name, component))
+    say("%-16s ready  (%.1fs)%s" % (name, time.monotonic() - started,
+                                    "  installed" if changed else ""))
+    return name
+
+
+def up(runner, spec):
+    """Bring a tenant up: host, image, then each component (concurrently where possible)."""
+    ensure_host(runner)
+    image = ensure_image(runner, spec.image)
+    snapshot = observe_tenant(runner, spec.tenant) if not runner.dry_run or \
+        shutil.which("lxc") else {"all": [], "mine": {}}
+    engine = labels(snapshot["mine"].get("drive", {})).get("engine")
+    if engine and "drive" in spec.components and engine != spec.engine:
+        raise BadInput("%s runs drive engine %s; switching engines is not supported in place "
+                       "(down, then up with --engine %s)" % (spec.name("drive"), engine,
+                                                               spec.engine))
+    spec.stack = resolve_stack(spec, snapshot)
+    ports = allocate_ports(spec, snapshot, host_listen_ports())
+    owners = {c: idmap_base(snapshot["mine"].get(c), spec.privileged) for c in spec.components}
+    # Host dirs first: secrets land on the conf mount, and mounts exist before any install.
+    for comp in spec.components:
+        ensure_host_dirs(runner, spec, comp, owners[comp])
+    if spec.services:
+        ensure_secrets(runner, spec, ports, owners, self_argv())
+    failures = {}
+    jobs = 1 if runner.dry_run else max(1, spec.jobs)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(bring_up_component, runner, spec, comp,
+                               snapshot["mine"].get(comp), ports, image): comp
+                   for comp in spec.components}
+        for future in concurrent.futures.as_completed(futures):
+            comp = futures[future]
+            try:
+                future.result()
+            except BotlxcError as exc:
+                failures[comp] = exc
+                say("%-16s FAILED %s" % (spec.name(comp), exc))
+    return ports, failures
+
+
+def status_rows(runner, tenant, check_health=True):
+    snapshot = observe_tenant(runner, tenant)
+    rows = []
+    for comp, inst in sorted(snapshot["mine"].items(),
+                             key=lambda kv: list(COMPONENTS).index(kv[0])
+                             if kv[0] in COMPONENTS else 99):
+        name = inst["name"]
+        nets = ((inst.get("state") or {}).get("network") or {})
+        ipv4 = [a["address"] for n, net in nets.items() if n != "lo"
+                for a in net.get("addresses") or [] if a.get("family") == "inet"]
+        ports = {device: "%d->%d" % pair for device, pair in sorted(proxy_ports(inst).items())}
+        row = {"name": name, "component": comp, "state": inst.get("status", "?").upper(),
+               "ipv4": ipv4, "ports": ports, "stack": labels(inst).get("stack"),
+               "installed": bool(labels(inst).get("installed")), "health": "-"}
+        if check_health and row["state"] == "RUNNING" and row["installed"]:
+            ok, message = health(runner, name)
+            row["health"] = "healthy" if ok else "unhealthy: " + message
+        elif row["state"] == "RUNNING":
+            row["health"] = "no service installed" if not row["installed"] else "-"
+        else:
+            row["health"] = "stopped"
+        rows.append(row)
+    return rows
+
+
+def down(runner, tenant, components):
+    snapshot = observe_tenant(runner, tenant)
+    removed = []
+    for comp in components or tuple(snapshot["mine"]):
+        inst = snapshot["mine"].get(comp)
+        if inst is None:
+            continue
+        lxc_delete(runner, inst["name"])
+        removed.append((inst["name"], labels(inst).get("stack")))
+    return removed
+
+
+# --------------------------------------------------------------------------- 13. CLI
+
+
+def dry_run_option(func):
+    return click.option("--dry-run", is_flag=True,
+                        help="Change nothing; print the runbook of what would be done.")(func)
+
+
+def tenant_option(func):
+    return click.option("--tenant", "-t", default=DEFAULT_TENANT, show_default=True,
+                        help="Tenant whose containers are {tenant}-{component}.")(func)
+
+
+def finish(runner):
+    """In dry-run, stdout is the runbook; otherwise report how much changed."""
+    if runner.dry_run:
+        click.echo(runner.script(), nl=False)
+    else:
+        say("%d change%s" % (len(runner.actions), "" if len(runner.actions) == 1 else "s"))
+
+
+def checked_tenant(tenant):
+    return validate_tenant(tenant)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(VERSION, prog_name="botlxc")
+@click.option("-v", "--verbose", count=True, help="Show every command botlxc runs.")
+def cli(verbose):
+    """botlxc: a tenant's PostgreSQL, S3 drive and Valkey in LXD system containers."""
+    VERBOSE["level"] = verbose
+
+
+@cli.group("host")
+def cmd_host():
+    """The LXD host itself."""
+
+
+@cmd_host.command("setup")
+@dry_run_option
+@click.option("--image", help="Use this image instead of the default Debian 12 image.")
+def cmd_host_setup(dry_run, image):
+    """Install, start and initialise LXD when needed; make the Debian 12 image available."""
+    runner = Runner(dry_run)
+    ensure_host(runner)
+    chosen = ensure_image(runner, image)
+    say("host: ready (image %s)" % chosen)
+    finish(runner)
+
+
+@cli.command("up")
+@tenant_option
+@dry_run_option
+@click.option("--component", "-c", "components", multiple=True,
+              help="Only this component (repeatable). Default: %s." % ", ".join(DEFAULT_COMPONENTS))
+@click.option("--stack-dir", help="Host root of the tenant's data/conf/logs dirs.")
+@click.option("--image", help="Image to launch from (default: %s, else a local build)."
+              % REMOTE_IMAGE)
+@click.option("--privileged", is_flag=True, help="Privileged containers (not recommended).")
+@click.option("--no-host-ca", is_flag=True, help="Do not copy the host's CA certificates in.")
+@click.option("--listen", default="127.0.0.1", show_default=True,
+              help="Host address the forwarded ports listen on.")
+@click.option("--port", "ports", multiple=True, metavar="COMPONENT[.NAME]=PORT",
+              help="Pick a host port, e.g. tables=15432 (repeatable).")
+@click.option("--engine", type=click.Choice(["rclone", "minio"]), default="rclone",
+              show_default=True, help="S3 engine of the drive component.")
+@click.option("--artifact", "artifacts", multiple=True, metavar="NAME=PATH|URL",
+              help="Binary for an engine, e.g. minio=/srv/minio.")
+@click.option("--sha256", "sums", multiple=True, metavar="NAME=HEX",
+              help="Expected sha256 of an --artifact (required for URLs).")
+@click.option("--containers-only", is_flag=True,
+              help="Containers, mounts and ports only; install no services.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 16), default=3, show_default=True,
+              help="Components brought up at the same time.")
+def cmd_up(tenant, dry_run, components, stack_dir, image, privileged, no_host_ca, listen,
+           ports, engine, artifacts, sums, containers_only, jobs):
+    """Create or converge the tenant's containers and services (idempotent)."""
+    spec = Spec(tenant=checked_tenant(tenant),
+                components=validate_components(components or DEFAULT_COMPONENTS),
+                stack=Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else None,
+                image=image, privileged=privileged, host_ca=not no_host_ca,
+                listen=validate_listen(listen), engine=engine, services=not containers_only,
+                port_picks=parse_port_picks(ports, COMPONENTS), jobs=jobs)
+    spec.artifacts = parse_artifacts(artifacts, sums) if engine == "minio" and \
+        "drive" in spec.components and not containers_only else {}
+    runner = Runner(dry_run)
+    started = time.monotonic()
+    with tenant_lock(tenant) if not dry_run else contextlib.nullcontext():
+        allocated, failures = up(runner, spec)
+    finish(runner)
+    if failures:
+        codes = {exc.exit_code for exc in failures.values()}
+        raise BotlxcError("%d of %d components failed: %s" % (
+            len(failures), len(spec.components), ", ".join(sorted(failures))),
+        ) if codes != {3} else CommandFailed(["botlxc", "up"], 3, "", "components failed: "
+                                             + ", ".join(sorted(failures)))
+    if not dry_run:
+        port_text = ", ".join("%s.%s=%s:%d" % (c, p, spec.listen, hp)
+                              for (c, p), hp in sorted(allocated.items()))
+        say("tenant %s up in %.1fs; data in %s; ports %s" % (
+            tenant, time.monotonic() - started, spec.stack, port_text))
+
+
+def parse_artifacts(values, sums):
+    pairs = {}
+    for what, items in (("--artifact", values), ("--sha256", sums)):
+        found = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or key != "minio" or not value:
+                raise BadInput("invalid %s %r: expected minio=VALUE" % (what, item))
+            found[key] = value
+        pairs[what] = found
+    if "minio" not in pairs["--artifact"]:
+        raise BadInput("drive engine minio needs --artifact minio=PATH (or =URL with "
+                       "--sha256 minio=HEX): MinIO ships no binary botlxc could fetch itself")
+    source = pairs["--artifact"]["minio"]
+    sha = pairs["--sha256"].get("minio")
+    if re.match(r"^https?://", source) and not sha:
+        raise BadInput("--artifact minio=%s is a URL: give its --sha256 minio=HEX too" % source)
+    if sha and not re.match(r"^[0-9a-fA-F]{64}$", sha):
+        raise BadInput("invalid --sha256 minio=%s: expected 64 hex digits" % sha)
+    return {"minio": fetch_artifact(source, sha)}
+
+
+@cli.command("secrets")
+@tenant_option
+@click.option("--stack-dir", help="Host root of the tenant's dirs.")
+@click.option("--port", "ports", multiple=True, metavar="COMPONENT.NAME=PORT",
+              help="Host ports written into .env (as allocated by up).")
+def cmd_secrets(tenant, stack_dir, ports):
+    """Generate missing secrets (0600) and write the stack's .env; prints no secret."""
+    picks = parse_port_picks(ports, COMPONENTS)
+    components = tuple(c for c in COMPONENTS if any(k[0] == c for k in picks)) or \
+        DEFAULT_COMPONENTS
+    spec = Spec(tenant=checked_tenant(tenant), components=components,
+                stack=Path(validate_path(stack_dir, "--stack-dir")).resolve() if stack_dir
+                else default_stack(tenant).resolve())
+    defaults = {(c, p.name): p.port for c in components for p in COMPONENTS[c].ports[:1]}
+    defaults.update(picks)
+    owners = {c: subid_base(False) for c in components}
+    runner = Runner()
+    ensure_secrets(runner, spec, defaults, owners, self_argv())
+    say("secrets: %s" % ("written" if runner.actions else "already in place"))
+
+
+@cli.command("status")
+@tenant_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.option("--no-health", is_flag=True, help="Skip the service health checks.")
+def cmd_status(tenant, as_json, no_health):
+    """The tenant's containers: state, address, ports and service health."""
+    rows = status_rows(Runner(), checked_tenant(tenant), check_health=not no_health)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        say("tenant %s has no containers (botlxc up --tenant %s)" % (tenant, tenant))
+        return
+    click.echo("%-18s %-8s %-15s %-28s %s" % ("NAME", "STATE", "IPV4", "PORTS", "HEALTH"))
+    for row in rows:
+        click.echo("%-18s %-8s %-15s %-28s %s" % (
+            row["name"], row["state"], ",".join(row["ipv4"]) or "-",
+            " ".join(v for v in row["ports"].values()) or "-", row["health"]))
+
+
+@cli.command("down")
+@tenant_option
+@dry_run_option
+@click.option("--component", "-c", "components", multiple=True, help="Only this component.")
+def cmd_down(tenant, dry_run, components):
+    """Stop and delete the tenant's containers. Host dirs (the data) stay."""
+    tenant = checked_tenant(tenant)
+    comps = validate_components(components) if components else ()
+    runner = Runner(dry_run)
+    with tenant_lock(tenant) if not dry_run else contextlib.nullcontext():
+        removed = down(runner, tenant, comps)
+    finish(runner)
+    if not dry_run:
+        for name, stack in removed:
+            say("deleted %s" % name)
+        stacks = sorted({s for _, s in removed if s})
+        say("data kept in %s" % (", ".join(stacks) if stacks else "the host dirs")
+            if removed else "tenant %s has no containers" % tenant)
+
+
+def main(argv=None):
+    """Entry point: expected failures become one line on stderr and their exit code."""
+    try:
+        cli.main(args=argv, prog_name="botlxc", standalone_mode=False)
+    except click.exceptions.Abort:
+        say("aborted")
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except BotlxcError as exc:
+        say("botlxc: error: %s" % exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
