@@ -571,6 +571,16 @@ def free_subnet(used):
                       "with: lxc network create lxdbr0 ipv4.address=A.B.C.1/24 ipv4.nat=true")
 
 
+def subid_base():
+    """Host id of an unprivileged container's root: LXD maps root's /etc/subuid range."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/etc/subuid").read_text().splitlines():
+            user, _, rest = line.partition(":")
+            if user == "root":
+                return int(rest.split(":")[0])
+    return 1000000  # LXD's own default when /etc/subuid has no entry for root
+
+
 def btrfs_usable():
     with contextlib.suppress(OSError):
         if "btrfs" in Path("/proc/filesystems").read_text() and shutil.which("mkfs.btrfs"):
@@ -578,9 +588,55 @@ def btrfs_usable():
     return False
 
 
-def observe_host(runner):
+def host_listen_ports():
+    """TCP ports something listens on in the host's network namespace."""
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if len(fields) > 3 and fields[3] == "0A":  # 0A = LISTEN
+                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return frozenset(ports)
+
+
+def host_ca_files():
+    base = Path(HOST_CA_DIR)
+    return tuple(sorted(p for p in base.rglob("*.crt") if p.is_file())) if base.is_dir() else ()
+
+
+@dataclasses.dataclass
+class HostFacts:
+    """What botlxc reads off the host besides commands. read_host_facts() fills it once;
+    unit tests build one directly, so the subprocess seam stays the only fake."""
+
+    lxc: str = "/usr/bin/lxc"
+    lxd: str = "/usr/bin/lxd"
+    debootstrap: bool = True
+    root: bool = True
+    debian: bool = True
+    systemd: bool = False
+    btrfs: bool = True
+    subuid_base: int = 100000
+    mirrors: dict = dataclasses.field(default_factory=lambda: {"debian": None, "security": None})
+    pip_index_url: str = ""
+    ca_files: tuple = ()
+    listening: frozenset = frozenset()
+
+
+def read_host_facts():
+    return HostFacts(
+        lxc=shutil.which("lxc"), lxd=shutil.which("lxd"),
+        debootstrap=bool(shutil.which("debootstrap")), root=os.geteuid() == 0,
+        debian=Path("/etc/debian_version").exists(),
+        systemd=Path("/run/systemd/system").is_dir(), btrfs=btrfs_usable(),
+        subuid_base=subid_base(), mirrors=read_apt_mirrors(), pip_index_url=pip_index_url(),
+        ca_files=host_ca_files(), listening=host_listen_ports())
+
+
+def observe_host(runner, facts):
     """What the host has: binaries, daemon, pools, networks, default profile."""
-    world = {"lxc": shutil.which("lxc"), "lxd": shutil.which("lxd"), "daemon": False,
+    world = {"lxc": facts.lxc, "lxd": facts.lxd, "daemon": False,
              "pools": [], "networks": [], "profile": {}}
     if not world["lxc"]:
         return world
@@ -594,10 +650,10 @@ def observe_host(runner):
     return world
 
 
-def ensure_lxd_installed(runner, world):
+def ensure_lxd_installed(runner, world, facts):
     if world["lxc"] and world["lxd"]:
         return
-    if os.geteuid() != 0 or not Path("/etc/debian_version").exists():
+    if not (facts.root and facts.debian):
         raise BotlxcError(
             "LXD is not installed. As root on Debian/Ubuntu run: apt-get update && "
             "apt-get install -y " + " ".join(HOST_PACKAGES) + "  (or: snap install lxd)")
@@ -608,10 +664,10 @@ def ensure_lxd_installed(runner, world):
                   "install LXD and what botlxc needs on the host", step="install LXD")
 
 
-def ensure_lxd_running(runner, world):
+def ensure_lxd_running(runner, world, facts):
     if world["daemon"]:
         return
-    if Path("/run/systemd/system").is_dir():
+    if facts.systemd:
         say("host: starting LXD (systemd)")
         runner.change(["systemctl", "start", "lxd.socket", "lxd.service"],
                       "start the LXD daemon", step="start LXD")
@@ -620,7 +676,7 @@ def ensure_lxd_running(runner, world):
         say("host: starting LXD (no systemd: background daemon, log %s)" % LXD_LOG)
         runner.change(["mkdir", "-p", os.path.dirname(LXD_LOG)], "directory for the LXD log")
         runner.change(["start-stop-daemon", "--start", "--background", "--oknodo",
-                       "--exec", shutil.which("lxd") or "/usr/bin/lxd", "--",
+                       "--exec", facts.lxd or "/usr/bin/lxd", "--",
                        "--group", "root", "--logfile", LXD_LOG],
                       "start the LXD daemon in the background", step="start LXD")
     runner.change(["lxd", "waitready", "--timeout", "120"], "wait until LXD answers",
@@ -631,12 +687,12 @@ def lxd_initialised(world):
     return bool(world["pools"]) or "root" in (world["profile"].get("devices") or {})
 
 
-def ensure_lxd_initialised(runner, world):
+def ensure_lxd_initialised(runner, world, facts):
     """Initialise an empty LXD from a preseed; an initialised one is used as it is."""
     if world["daemon"] and lxd_initialised(world):
         debug("LXD already initialised: used as it is")
         return
-    driver = "btrfs" if btrfs_usable() else "dir"
+    driver = "btrfs" if facts.btrfs else "dir"
     bridge = None
     if not any(n.get("name") == BRIDGE for n in world["networks"]):
         net = free_subnet(host_routes(runner))
@@ -648,17 +704,18 @@ def ensure_lxd_initialised(runner, world):
                   input=preseed, step="initialise LXD")
 
 
-def ensure_host(runner):
-    """Idempotent host bootstrap; returns the host world after it."""
-    world = observe_host(runner)
-    ensure_lxd_installed(runner, world)
-    ensure_lxd_running(runner, world)
-    ensure_lxd_initialised(runner, world)
+def ensure_host(runner, facts):
+    """Idempotent host bootstrap; returns what was observed before it."""
+    world = observe_host(runner, facts)
+    ensure_lxd_installed(runner, world, facts)
+    ensure_lxd_running(runner, world, facts)
+    ensure_lxd_initialised(runner, world, facts)
     return world
 
 
-def build_image_actions(runner, mirrors):
+def build_image_actions(runner, facts):
     """Build a Debian 12 image with debootstrap from the host's mirror and import it."""
+    mirrors = facts.mirrors
     if not mirrors["debian"]:
         raise BotlxcError("cannot build the Debian 12 image: no bookworm mirror in the host's "
                           "apt sources; pass --image with an image LXD can use")
@@ -667,7 +724,7 @@ def build_image_actions(runner, mirrors):
     step = "build image"
     runner.change(["rm", "-rf", build], "start the image build from a clean folder", step=step)
     runner.change(["mkdir", "-p", build], "image build folder", step=step)
-    if not shutil.which("debootstrap"):
+    if not facts.debootstrap:
         runner.change(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y",
                        "debootstrap"], "debootstrap builds the image", step=step)
     FLAKY(runner.change)(
@@ -701,7 +758,7 @@ def build_image_actions(runner, mirrors):
     runner.change(["rm", "-rf", build], "remove the image build folder", step=step)
 
 
-def ensure_image(runner, requested=None):
+def ensure_image(runner, facts, requested=None):
     """The image to launch from: --image, else the local build, else images:, else build."""
     if requested:
         return requested
@@ -711,7 +768,7 @@ def ensure_image(runner, requested=None):
         return REMOTE_IMAGE
     say("image: %s is unreachable; building %s with debootstrap from the host's mirror"
         % (REMOTE_IMAGE, LOCAL_IMAGE))
-    build_image_actions(runner, read_apt_mirrors())
+    build_image_actions(runner, facts)
     return LOCAL_IMAGE
 
 
@@ -734,6 +791,7 @@ class Spec:
     artifacts: dict = dataclasses.field(default_factory=dict)
     services: bool = True
     jobs: int = 3
+    host: HostFacts = dataclasses.field(default_factory=HostFacts)
 
     def name(self, component):
         return "%s-%s" % (self.tenant, component)
@@ -761,18 +819,6 @@ def observe_tenant(runner, tenant):
         if lab.get("tenant") == tenant:
             mine[lab.get("component")] = inst
     return {"all": everything, "mine": mine}
-
-
-def host_listen_ports():
-    """TCP ports something listens on in the host's network namespace."""
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if len(fields) > 3 and fields[3] == "0A":  # 0A = LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
 
 
 def proxy_ports(inst):
@@ -826,19 +872,7 @@ def allocate_ports(spec, snapshot, listening):
     return allocated
 
 
-def subid_base(privileged):
-    """Host id of the container's root: what LXD maps from /etc/subuid (root's entry)."""
-    if privileged:
-        return 0
-    with contextlib.suppress(OSError):
-        for line in Path("/etc/subuid").read_text().splitlines():
-            user, _, rest = line.partition(":")
-            if user == "root":
-                return int(rest.split(":")[0])
-    return 1000000  # LXD's own default when /etc/subuid has no entry for root
-
-
-def idmap_base(inst, privileged):
+def idmap_base(inst, spec):
     """The host uid of container root for an existing instance, else the prediction."""
     if inst is not None:
         config = inst.get("config") or {}
@@ -849,7 +883,7 @@ def idmap_base(inst, privileged):
                 for entry in json.loads(config.get(key) or "[]"):
                     if entry.get("Isuid") and entry.get("Nsid") == 0:
                         return int(entry["Hostid"])
-    return subid_base(privileged)
+    return 0 if spec.privileged else spec.host.subuid_base
 
 
 def host_dir(spec, component, which=None):
@@ -909,11 +943,6 @@ def ensure_devices(runner, spec, component, inst, ports):
             lxc_device_remove(runner, name, device, "port %s no longer used" % device)
 
 
-def host_ca_files():
-    base = Path(HOST_CA_DIR)
-    return sorted(p for p in base.rglob("*.crt") if p.is_file()) if base.is_dir() else []
-
-
 def digest(*parts):
     sha = hashlib.sha256()
     for part in parts:
@@ -943,7 +972,7 @@ def wait_ready(runner, name):
 
 
 def ensure_host_ca(runner, spec, name, inst):
-    files = host_ca_files() if spec.host_ca else []
+    files = spec.host.ca_files if spec.host_ca else ()
     if not files:
         return
     want = digest(*[f.read_bytes() for f in files])
@@ -1062,7 +1091,7 @@ def render_files(spec, component):
     engine = spec.engine_of(component)
     ctx = {"tenant": spec.tenant, "component": component, "engine": engine,
            "ports": {p.name: p.port for p in comp.ports_for(engine)},
-           "pip_index_url": pip_index_url()}
+           "pip_index_url": spec.host.pip_index_url}
     return [(dest, mode, render("components/%s/%s" % (component, template), **ctx))
             for template, dest, mode in comp.files]
 
@@ -1215,18 +1244,19 @@ def bring_up_component(runner, spec, component, inst, ports, image):
 
 def up(runner, spec):
     """Bring a tenant up: host, image, then each component (concurrently where possible)."""
-    ensure_host(runner)
-    image = ensure_image(runner, spec.image)
-    snapshot = observe_tenant(runner, spec.tenant) if not runner.dry_run or \
-        shutil.which("lxc") else {"all": [], "mine": {}}
+    world = ensure_host(runner, spec.host)
+    image = ensure_image(runner, spec.host, spec.image)
+    # In a dry run on a host without a running LXD there is nothing to list yet.
+    snapshot = observe_tenant(runner, spec.tenant) if world["daemon"] or not runner.dry_run \
+        else {"all": [], "mine": {}}
     engine = labels(snapshot["mine"].get("drive", {})).get("engine")
     if engine and "drive" in spec.components and engine != spec.engine:
         raise BadInput("%s runs drive engine %s; switching engines is not supported in place "
                        "(down, then up with --engine %s)" % (spec.name("drive"), engine,
                                                                spec.engine))
     spec.stack = resolve_stack(spec, snapshot)
-    ports = allocate_ports(spec, snapshot, host_listen_ports())
-    owners = {c: idmap_base(snapshot["mine"].get(c), spec.privileged) for c in spec.components}
+    ports = allocate_ports(spec, snapshot, spec.host.listening)
+    owners = {c: idmap_base(snapshot["mine"].get(c), spec) for c in spec.components}
     # Host dirs first: secrets land on the conf mount, and mounts exist before any install.
     for comp in spec.components:
         ensure_host_dirs(runner, spec, comp, owners[comp])
@@ -1329,8 +1359,9 @@ def cmd_host():
 def cmd_host_setup(dry_run, image):
     """Install, start and initialise LXD when needed; make the Debian 12 image available."""
     runner = Runner(dry_run)
-    ensure_host(runner)
-    chosen = ensure_image(runner, image)
+    facts = read_host_facts()
+    ensure_host(runner, facts)
+    chosen = ensure_image(runner, facts, image)
     say("host: ready (image %s)" % chosen)
     finish(runner)
 
@@ -1367,7 +1398,8 @@ def cmd_up(tenant, dry_run, components, stack_dir, image, privileged, no_host_ca
                 stack=Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else None,
                 image=image, privileged=privileged, host_ca=not no_host_ca,
                 listen=validate_listen(listen), engine=engine, services=not containers_only,
-                port_picks=parse_port_picks(ports, COMPONENTS), jobs=jobs)
+                port_picks=parse_port_picks(ports, COMPONENTS), jobs=jobs,
+                host=read_host_facts())
     spec.artifacts = parse_artifacts(artifacts, sums) if engine == "minio" and \
         "drive" in spec.components and not containers_only else {}
     runner = Runner(dry_run)
@@ -1425,7 +1457,7 @@ def cmd_secrets(tenant, stack_dir, ports):
                 else default_stack(tenant).resolve())
     defaults = {(c, p.name): p.port for c in components for p in COMPONENTS[c].ports[:1]}
     defaults.update(picks)
-    owners = {c: subid_base(False) for c in components}
+    owners = {c: subid_base() for c in components}
     runner = Runner()
     ensure_secrets(runner, spec, defaults, owners, self_argv())
     say("secrets: %s" % ("written" if runner.actions else "already in place"))
