@@ -1237,8 +1237,11 @@ def bring_up_component(runner, spec, component, inst, ports, image):
         if not ok:
             raise BotlxcError("%s: unhealthy after install: %s (see: lxc exec %s -- journalctl "
                               "-u %s)" % (name, message, name, component))
-    say("%-16s ready  (%.1fs)%s" % (name, time.monotonic() - started,
-                                    "  installed" if changed else ""))
+    if runner.dry_run:
+        say("%-16s planned" % name)
+    else:
+        say("%-16s ready  (%.1fs)%s" % (name, time.monotonic() - started,
+                                        "  installed" if changed else ""))
     return name
 
 
@@ -1522,5 +1525,10 @@ def main(argv=None):
     return 0
 
 
-if __name__ == "__main__":  # pragma: no cover
+def main_exit():
+    """Console and zipapp entry: exit with main()'s code."""
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main_exit()
