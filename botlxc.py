@@ -1411,11 +1411,11 @@ def cmd_up(tenant, dry_run, components, stack_dir, image, privileged, no_host_ca
         allocated, failures = up(runner, spec)
     finish(runner)
     if failures:
-        codes = {exc.exit_code for exc in failures.values()}
-        raise BotlxcError("%d of %d components failed: %s" % (
-            len(failures), len(spec.components), ", ".join(sorted(failures))),
-        ) if codes != {3} else CommandFailed(["botlxc", "up"], 3, "", "components failed: "
-                                             + ", ".join(sorted(failures)))
+        error = BotlxcError("%d of %d components failed: %s (each error is shown above)" % (
+            len(failures), len(spec.components), ", ".join(sorted(failures))))
+        # A failed command anywhere makes it exit 3, like a single failed command would.
+        error.exit_code = max(exc.exit_code for exc in failures.values())
+        raise error
     if not dry_run:
         port_text = ", ".join("%s.%s=%s:%d" % (c, p, spec.listen, hp)
                               for (c, p), hp in sorted(allocated.items()))
