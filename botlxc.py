@@ -758,10 +758,14 @@ def build_image_actions(runner, facts):
     runner.change(["rm", "-rf", build], "remove the image build folder", step=step)
 
 
-def ensure_image(runner, facts, requested=None):
+def ensure_image(runner, facts, world, requested=None):
     """The image to launch from: --image, else the local build, else images:, else build."""
     if requested:
         return requested
+    if runner.dry_run and not world["daemon"]:
+        # Nothing to ask yet (LXD is not running): plan the build a real run would do.
+        build_image_actions(runner, facts)
+        return LOCAL_IMAGE
     if lxc_image_alias(runner, LOCAL_IMAGE):
         return LOCAL_IMAGE
     if lxc_remote_image_reachable(runner, REMOTE_IMAGE):
@@ -1157,6 +1161,8 @@ def ensure_service(runner, spec, component, inst):
     if binary:
         lxc_file_push(runner, name, "/usr/local/bin/minio", "0755",
                       "MinIO server binary (sha256 %s)" % binary[1], source=str(binary[0]))
+    if not runner.dry_run:
+        say("%-16s installing %s" % (name, COMPONENTS[component].summary))
     run_install(runner, name)
     lxc_config_set(runner, name, LABEL + "installed", want,
                    "remember what is installed (skips the install next time)")
@@ -1248,7 +1254,7 @@ def bring_up_component(runner, spec, component, inst, ports, image):
 def up(runner, spec):
     """Bring a tenant up: host, image, then each component (concurrently where possible)."""
     world = ensure_host(runner, spec.host)
-    image = ensure_image(runner, spec.host, spec.image)
+    image = ensure_image(runner, spec.host, world, spec.image)
     # In a dry run on a host without a running LXD there is nothing to list yet.
     snapshot = observe_tenant(runner, spec.tenant) if world["daemon"] or not runner.dry_run \
         else {"all": [], "mine": {}}
@@ -1363,8 +1369,8 @@ def cmd_host_setup(dry_run, image):
     """Install, start and initialise LXD when needed; make the Debian 12 image available."""
     runner = Runner(dry_run)
     facts = read_host_facts()
-    ensure_host(runner, facts)
-    chosen = ensure_image(runner, facts, image)
+    world = ensure_host(runner, facts)
+    chosen = ensure_image(runner, facts, world, image)
     say("host: ready (image %s)" % chosen)
     finish(runner)
 
