@@ -82,6 +82,8 @@ IMAGE_PACKAGES = ("systemd", "systemd-sysv", "systemd-resolved", "udev", "dbus",
 HOST_PACKAGES = ("lxd", "lxd-client", "dnsmasq-base", "iptables", "debootstrap", "btrfs-progs")
 #: Where rendered helper scripts live inside a container.
 LIB_DIR = "/usr/local/lib/botlxc"
+#: Downloaded artifacts (checked by sha256 before every use).
+ARTIFACT_CACHE = "/var/cache/botlxc/artifacts"
 #: Where the LXD daemon logs when botlxc starts it without systemd.
 LXD_LOG = "/var/log/lxd/lxd.log"
 #: Name of the bridge and pool botlxc creates on an uninitialised LXD.
@@ -547,8 +549,9 @@ def host_routes(runner):
     """Networks in use on the host (addresses and routes), so a new bridge overlaps none."""
     nets = []
     for argv in (["ip", "-j", "-4", "route", "show", "table", "all"], ["ip", "-j", "-4", "addr"]):
-        proc = runner.read(argv, check=False)
-        for item in json.loads(proc.stdout or "[]") if proc.returncode == 0 else []:
+        # A failed read must not look like "no networks": that could pick an overlapping one.
+        proc = runner.read(argv, step="read host networks")
+        for item in json.loads(proc.stdout or "[]"):
             dst = item.get("dst")
             if dst and dst != "default":
                 with contextlib.suppress(ValueError):
@@ -705,10 +708,15 @@ def ensure_lxd_initialised(runner, world, facts):
 
 
 def ensure_host(runner, facts):
-    """Idempotent host bootstrap; returns what was observed before it."""
+    """Idempotent host bootstrap; returns the LXD world the later steps decide from."""
     world = observe_host(runner, facts)
     ensure_lxd_installed(runner, world, facts)
     ensure_lxd_running(runner, world, facts)
+    if not world["daemon"] and not runner.dry_run:
+        # A daemon we just installed or started may well be initialised already (a host
+        # after a reboot): look again rather than preseed over an existing setup.
+        world = observe_host(runner, dataclasses.replace(
+            facts, lxc=facts.lxc or shutil.which("lxc"), lxd=facts.lxd or shutil.which("lxd")))
     ensure_lxd_initialised(runner, world, facts)
     return world
 
@@ -836,33 +844,42 @@ def proxy_ports(inst):
     return found
 
 
+def existing_ports(spec, snapshot):
+    """{(component, port name): host port} of the tenant's instances as they are."""
+    found = {}
+    for comp, inst in snapshot["mine"].items():
+        if comp not in COMPONENTS:
+            continue
+        by_connect = {cp: lp for lp, cp in proxy_ports(inst).values()}
+        for port in COMPONENTS[comp].ports_for(labels(inst).get("engine", "")):
+            if port.port in by_connect:
+                found[(comp, port.name)] = by_connect[port.port]
+    return found
+
+
 def allocate_ports(spec, snapshot, listening):
     """Host ports for each (component, port name); taken ports are detected, not collided."""
-    mine = {spec.name(c) for c in spec.components}
     taken = set(listening)
     for inst in snapshot["all"]:
         taken.update(lp for lp, _ in proxy_ports(inst).values())
-    kept = {}
-    for comp in spec.components:
-        inst = snapshot["mine"].get(comp)
-        if inst is not None and inst["name"] in mine:
-            by_connect = {cp: lp for lp, cp in proxy_ports(inst).values()}
-            for port in COMPONENTS[comp].ports_for(spec.engine_of(comp)):
-                if port.port in by_connect:
-                    kept[(comp, port.name)] = by_connect[port.port]
+    kept = {k: v for k, v in existing_ports(spec, snapshot).items() if k[0] in spec.components}
     allocated = {}
+    # Kept ports and explicit picks first, so a pick wins over another port's default.
     for comp in spec.components:
         for port in COMPONENTS[comp].ports_for(spec.engine_of(comp)):
             key = (comp, port.name)
             pick = spec.port_picks.get(key)
             if key in kept and pick in (None, kept[key]):
                 allocated[key] = kept[key]
-                continue
-            if pick is not None:
+            elif pick is not None:
                 if pick in taken or pick in allocated.values():
                     raise BadInput("port %d for %s.%s is already in use on this host"
                                    % (pick, comp, port.name))
                 allocated[key] = pick
+    for comp in spec.components:
+        for port in COMPONENTS[comp].ports_for(spec.engine_of(comp)):
+            key = (comp, port.name)
+            if key in allocated:
                 continue
             candidate = port.port
             while candidate in taken or candidate in allocated.values():
@@ -902,8 +919,10 @@ def ensure_host_dirs(runner, spec, component, owner):
     if missing:
         runner.change(["mkdir", "-p", *missing], "host dirs for %s" % component,
                       step=spec.name(component) + ": host dirs")
-    wrong = [str(d) for d in dirs if str(d) in missing or
-             (d.stat().st_uid, d.stat().st_gid) != (owner, owner)]
+    # A dir owned by a host id below the container's range is invisible-as-root inside;
+    # ids inside the range are the services' own (postgres, valkey): leave those alone.
+    wrong = [str(d) for d in dirs if str(d) in missing or d.stat().st_uid < owner
+             or d.stat().st_gid < owner]
     if wrong:
         # Only the top dirs: the services inside own what they create below them.
         runner.change(["chown", "%d:%d" % (owner, owner), *wrong],
@@ -966,7 +985,8 @@ def wait_ready(runner, name):
                                      wait=tenacity.wait_fixed(1), reraise=True,
                                      retry=tenacity.retry_if_exception_type(NotReady)):
         with attempt:
-            inst = (lxc_list(runner, name) or [{}])[0]
+            # `lxc list NAME` matches by prefix: pick the instance itself.
+            inst = next((i for i in lxc_list(runner, name) if i.get("name") == name), {})
             nets = ((inst.get("state") or {}).get("network") or {})
             if not any(a.get("family") == "inet" and a.get("scope") == "global"
                        for n, net in nets.items() if n != "lo"
@@ -1049,7 +1069,7 @@ def write_private(path, text, owner):
 
 def stack_env(spec, ports, values_by_component):
     lines = ["# BotServer settings for tenant %s, written by botlxc (keep private)" % spec.tenant]
-    for comp in spec.components:
+    for comp in (c for c in COMPONENTS if c in values_by_component):
         fields = dict(values_by_component[comp])
         fields.update({"port_" + pname: hp for (c, pname), hp in ports.items() if c == comp})
         lines += [line.format(**fields) for line in COMPONENTS[comp].env]
@@ -1066,6 +1086,12 @@ def ensure_secrets(runner, spec, ports, owners, self_argv):
         values[comp] = wanted
         if any(current.get(k) != v for k, v in wanted.items()):
             to_write[comp] = wanted
+    # Components this run does not touch stay in .env (a partial up must not drop them).
+    for comp in COMPONENTS:
+        current = read_env_file(secrets_path(spec, comp))
+        needed = {(comp, p.name) for p in COMPONENTS[comp].ports[:1]}
+        if comp not in values and current and needed <= set(ports):
+            values[comp] = current
     env_path = spec.stack / ".env"
     env_text = stack_env(spec, ports, values)
     env_stale = not env_path.is_file() or env_path.read_text() != env_text \
@@ -1103,8 +1129,11 @@ def render_files(spec, component):
 def fetch_artifact(source, sha256):
     """A local path or an http(s) URL, checked against sha256 when one is given."""
     if re.match(r"^https?://", source):
-        cache = Path("/var/cache/botlxc/artifacts")
-        cache.mkdir(parents=True, exist_ok=True)
+        cache = Path(ARTIFACT_CACHE)
+        try:
+            cache.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BotlxcError("artifact: cannot create %s: %s" % (cache, exc.strerror)) from None
         target = cache / ("%s-%s" % (hashlib.sha256(source.encode()).hexdigest()[:12],
                                      source.rstrip("/").rsplit("/", 1)[-1] or "artifact"))
         if not target.is_file() or file_sha256(target) != sha256:
@@ -1265,12 +1294,13 @@ def up(runner, spec):
                                                                spec.engine))
     spec.stack = resolve_stack(spec, snapshot)
     ports = allocate_ports(spec, snapshot, spec.host.listening)
+    env_ports = {**existing_ports(spec, snapshot), **ports}
     owners = {c: idmap_base(snapshot["mine"].get(c), spec) for c in spec.components}
     # Host dirs first: secrets land on the conf mount, and mounts exist before any install.
     for comp in spec.components:
         ensure_host_dirs(runner, spec, comp, owners[comp])
     if spec.services:
-        ensure_secrets(runner, spec, ports, owners, self_argv())
+        ensure_secrets(runner, spec, env_ports, owners, self_argv())
     failures = {}
     jobs = 1 if runner.dry_run else max(1, spec.jobs)
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:

