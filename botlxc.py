@@ -393,7 +393,7 @@ COMPONENTS = {
             ("pg_ident.conf.j2", MOUNT_ROOT + "/conf/pg_ident.conf", "0644"),
         ),
         secrets=("TABLES_PASSWORD",),
-        env=("DATABASE_URL=postgres://gbuser:{TABLES_PASSWORD}@127.0.0.1:{port_pg}/botserver",),
+        env=("DATABASE_URL=postgres://gbuser:{TABLES_PASSWORD}@{host}:{port_pg}/botserver",),
     ),
     "drive": Component(
         name="drive",
@@ -403,7 +403,7 @@ COMPONENTS = {
             ("drive.service.j2", "/etc/systemd/system/drive.service", "0644"),
         ),
         secrets=("DRIVE_ACCESSKEY", "DRIVE_SECRET"),
-        env=("DRIVE_SERVER=http://127.0.0.1:{port_s3}",
+        env=("DRIVE_SERVER=http://{host}:{port_s3}",
              "DRIVE_ACCESSKEY={DRIVE_ACCESSKEY}",
              "DRIVE_SECRET={DRIVE_SECRET}"),
         engines=("rclone", "minio"),
@@ -417,7 +417,7 @@ COMPONENTS = {
             ("valkey.conf.j2", MOUNT_ROOT + "/conf/valkey.conf", "0644"),
         ),
         secrets=("CACHE_PASSWORD",),
-        env=("CACHE_URL=redis://gbuser:{CACHE_PASSWORD}@127.0.0.1:{port_valkey}",),
+        env=("CACHE_URL=redis://gbuser:{CACHE_PASSWORD}@{host}:{port_valkey}",),
     ),
 }
 #: What `up` brings when no --component is given, in the chapter's order.
@@ -1069,8 +1069,12 @@ def write_private(path, text, owner):
 
 def stack_env(spec, ports, values_by_component):
     lines = ["# BotServer settings for tenant %s, written by botlxc (keep private)" % spec.tenant]
+    address = ipaddress.ip_address(spec.listen)
+    # BotServer connects where the ports listen; a wildcard listen is reached via loopback.
+    host = "127.0.0.1" if address.is_unspecified else (
+        "[%s]" % address if address.version == 6 else str(address))
     for comp in (c for c in COMPONENTS if c in values_by_component):
-        fields = dict(values_by_component[comp])
+        fields = dict(values_by_component[comp], host=host)
         fields.update({"port_" + pname: hp for (c, pname), hp in ports.items() if c == comp})
         lines += [line.format(**fields) for line in COMPONENTS[comp].env]
     return "\n".join(lines) + "\n"
@@ -1105,7 +1109,8 @@ def ensure_secrets(runner, spec, ports, owners, self_argv):
             write_private(secrets_path(spec, comp), text, owners[comp])
         write_private(env_path, env_text, 0)
 
-    shown = self_argv + ["secrets", "--tenant", spec.tenant, "--stack-dir", str(spec.stack)]
+    shown = self_argv + ["secrets", "--tenant", spec.tenant, "--stack-dir", str(spec.stack),
+                         "--listen", spec.listen]
     for (comp, pname), port in sorted(ports.items()):
         shown += ["--port", "%s.%s=%d" % (comp, pname, port)]
     runner.local(shown, "generate missing secrets (0600, never shown) and write %s" % env_path,
@@ -1486,14 +1491,16 @@ def parse_artifacts(values, sums):
 @click.option("--stack-dir", help="Host root of the tenant's dirs.")
 @click.option("--port", "ports", multiple=True, metavar="COMPONENT.NAME=PORT",
               help="Host ports written into .env (as allocated by up).")
-def cmd_secrets(tenant, stack_dir, ports):
+@click.option("--listen", default="127.0.0.1", show_default=True,
+              help="Host address the ports listen on (written into .env).")
+def cmd_secrets(tenant, stack_dir, ports, listen):
     """Generate missing secrets (0600) and write the stack's .env; prints no secret."""
     picks = parse_port_picks(ports, COMPONENTS)
     components = tuple(c for c in COMPONENTS if any(k[0] == c for k in picks)) or \
         DEFAULT_COMPONENTS
     spec = Spec(tenant=checked_tenant(tenant), components=components,
                 stack=Path(validate_path(stack_dir, "--stack-dir")).resolve() if stack_dir
-                else default_stack(tenant).resolve())
+                else default_stack(tenant).resolve(), listen=validate_listen(listen))
     defaults = {(c, p.name): p.port for c in components for p in COMPONENTS[c].ports[:1]}
     defaults.update(picks)
     owners = {c: subid_base() for c in components}

@@ -159,7 +159,7 @@ def test_new_tenant_with_services(calls, tmp_path, ca_file):
     # the one in-process step: secrets, shown as the botlxc command that does the same
     secret_steps = [a for a in runner.actions if a.secret]
     assert [a.argv for a in secret_steps] == [[
-        "botlxc", "secrets", "--tenant", "acme", "--stack-dir", S,
+        "botlxc", "secrets", "--tenant", "acme", "--stack-dir", S, "--listen", "127.0.0.1",
         "--port", "cache.valkey=6379", "--port", "drive.s3=9000", "--port", "tables.pg=5432"]]
     # the files pushed are exactly the rendered templates
     pushed = {a.argv[4]: a.input for a in runner.actions if a.argv[:4] == ["lxc", "file",

@@ -21,7 +21,7 @@ mkdir -p /TMP/stack/cache/data /TMP/stack/cache/conf /TMP/stack/cache/logs
 chown 1000000:1000000 /TMP/stack/cache/data /TMP/stack/cache/conf /TMP/stack/cache/logs
 
 # generate missing secrets (0600, never shown) and write /TMP/stack/.env
-botlxc secrets --tenant acme --stack-dir /TMP/stack --port cache.valkey=6379 --port drive.s3=9000 --port tables.pg=5432
+botlxc secrets --tenant acme --stack-dir /TMP/stack --listen 127.0.0.1 --port cache.valkey=6379 --port drive.s3=9000 --port tables.pg=5432
 
 # create instance acme-tables from botlxc/debian-12
 lxc init botlxc/debian-12 acme-tables -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=tables -c user.botlxc.version=0.2.0 -c user.botlxc.stack=/TMP/stack
