@@ -542,7 +542,8 @@ def pip_index_url():
                 if key.strip() == "index-url" and value.strip().startswith(("http://",
                                                                            "https://")):
                     return value.strip()
-    return os.environ.get("PIP_INDEX_URL", "")
+    from_env = os.environ.get("PIP_INDEX_URL", "")
+    return from_env if from_env.startswith(("http://", "https://")) else ""
 
 
 def host_routes(runner):
