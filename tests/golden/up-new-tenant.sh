@@ -327,9 +327,13 @@ fi
 
 getent passwd drive >/dev/null ||
     useradd --system --user-group --create-home --home-dir /var/lib/drive --shell /usr/sbin/nologin drive
-# The drive uid may differ between images: re-own only when it is wrong (cheap re-runs).
-[ "$(stat -c %U /opt/gbo/data)" = drive ] || chown -R drive:drive /opt/gbo/data
-[ "$(stat -c %U /opt/gbo/logs)" = drive ] || chown -R drive:drive /opt/gbo/logs
+# The drive uid may differ between images, and the host may have re-owned the mounted
+# dirs: re-own only when wrong (cheap re-runs), and then restart (below) so that the
+# server reopens its log file.
+reowned=
+for d in /opt/gbo/data /opt/gbo/logs; do
+    [ "$(stat -c %U "$d")" = drive ] || { chown -R drive:drive "$d"; reowned=yes; }
+done
 chmod 0750 /opt/gbo/data /opt/gbo/logs
 
 install -d -m 0755 /etc/botlxc
@@ -341,11 +345,11 @@ mv "$ENVFILE.tmp" "$ENVFILE"
 
 systemctl daemon-reload
 systemctl enable -q drive.service
-# Restart only when something the server reads at start changed since the last run.
+# Restart only after a repair or when something the server reads at start changed.
 stamp=$(cat /etc/systemd/system/drive.service "$ENVFILE" | sha256sum)
 if ! systemctl is-active -q drive.service; then
     systemctl start drive.service
-elif [ "$stamp" != "$(cat /etc/botlxc/drive.stamp 2>/dev/null)" ]; then
+elif [ -n "$reowned" ] || [ "$stamp" != "$(cat /etc/botlxc/drive.stamp 2>/dev/null)" ]; then
     systemctl restart drive.service
 fi
 i=0
@@ -409,7 +413,7 @@ BOTLXC_EOF
 lxc exec acme-drive -- sh /usr/local/lib/botlxc/install.sh
 
 # remember what is installed (skips the install next time)
-lxc config set acme-drive user.botlxc.installed 004205e5711532e5
+lxc config set acme-drive user.botlxc.installed 6b82c9c9949fe1f5
 
 # create instance acme-cache from botlxc/debian-12
 lxc init botlxc/debian-12 acme-cache -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=cache -c user.botlxc.version=0.2.0 -c user.botlxc.stack=/TMP/stack
@@ -470,9 +474,13 @@ if [ -n "$missing" ]; then
     apt-get install -qy --no-install-recommends -t bookworm-backports $missing
 fi
 
-# The valkey uid may differ between images: re-own only when it is wrong (cheap re-runs).
-[ "$(stat -c %U /opt/gbo/data)" = valkey ] || chown -R valkey:valkey /opt/gbo/data
-[ "$(stat -c %U /opt/gbo/logs)" = valkey ] || chown -R valkey:valkey /opt/gbo/logs
+# The valkey uid may differ between images, and the host may have re-owned the mounted
+# dirs: re-own only when wrong (cheap re-runs), and then restart (below), because a
+# server that failed to save keeps refusing writes (MISCONF) until its next good save.
+reowned=
+for d in /opt/gbo/data /opt/gbo/logs; do
+    [ "$(stat -c %U "$d")" = valkey ] || { chown -R valkey:valkey "$d"; reowned=yes; }
+done
 chmod 0750 /opt/gbo/data /opt/gbo/logs
 
 # Bare `valkey-cli ping` keeps working; every data command needs user gbuser.
@@ -487,12 +495,12 @@ mv "$ACL.tmp" "$ACL"
 
 systemctl daemon-reload
 systemctl enable -q cache.service
-# Restart only when something the server reads at start changed since the last run
-# (Valkey saves its data on SIGTERM).
+# Restart only after a repair or when something the server reads at start changed since
+# the last run (Valkey saves its data on SIGTERM).
 stamp=$(cat /etc/systemd/system/cache.service /opt/gbo/conf/valkey.conf "$ACL" | sha256sum)
 if ! systemctl is-active -q cache.service; then
     systemctl start cache.service
-elif [ "$stamp" != "$(cat /etc/botlxc/cache.stamp 2>/dev/null)" ]; then
+elif [ -n "$reowned" ] || [ "$stamp" != "$(cat /etc/botlxc/cache.stamp 2>/dev/null)" ]; then
     systemctl restart cache.service
 fi
 i=0
@@ -576,4 +584,4 @@ BOTLXC_EOF
 lxc exec acme-cache -- sh /usr/local/lib/botlxc/install.sh
 
 # remember what is installed (skips the install next time)
-lxc config set acme-cache user.botlxc.installed b18dc39e8f7604f3
+lxc config set acme-cache user.botlxc.installed aaeec340e6bb7118
