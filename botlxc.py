@@ -93,6 +93,9 @@ POOL = "default"
 SECRETS_FILE = "secrets.env"
 #: Host certificates copied into containers so HTTPS through an intercepting proxy works.
 HOST_CA_DIR = "/usr/local/share/ca-certificates"
+#: LXD's own id range for containers when root has none: first id, count. newuidmap only
+#: allows it once /etc/subuid and /etc/subgid grant it to root.
+SUBID_DEFAULT = (1000000, 1000000000)
 #: LXD instance names are at most 63 characters (hostname rules).
 MAX_NAME = 63
 
@@ -575,14 +578,20 @@ def free_subnet(used):
                       "with: lxc network create lxdbr0 ipv4.address=A.B.C.1/24 ipv4.nat=true")
 
 
-def subid_base():
-    """Host id of an unprivileged container's root: LXD maps root's /etc/subuid range."""
+def root_subid(path):
+    """First id of root's range in /etc/subuid or /etc/subgid, or None."""
     with contextlib.suppress(OSError, ValueError):
-        for line in Path("/etc/subuid").read_text().splitlines():
+        for line in Path(path).read_text().splitlines():
             user, _, rest = line.partition(":")
             if user == "root":
                 return int(rest.split(":")[0])
-    return 1000000  # LXD's own default when /etc/subuid has no entry for root
+    return None
+
+
+def subid_base():
+    """Host id of an unprivileged container's root: LXD maps root's /etc/subuid range."""
+    found = root_subid("/etc/subuid")
+    return SUBID_DEFAULT[0] if found is None else found
 
 
 def btrfs_usable():
@@ -622,6 +631,8 @@ class HostFacts:
     systemd: bool = False
     btrfs: bool = True
     subuid_base: int = 100000
+    #: root has ranges in both /etc/subuid and /etc/subgid
+    subids: bool = True
     mirrors: dict = dataclasses.field(default_factory=lambda: {"debian": None, "security": None})
     pip_index_url: str = ""
     ca_files: tuple = ()
@@ -634,7 +645,8 @@ def read_host_facts():
         debootstrap=bool(shutil.which("debootstrap")), root=os.geteuid() == 0,
         debian=Path("/etc/debian_version").exists(),
         systemd=Path("/run/systemd/system").is_dir(), btrfs=btrfs_usable(),
-        subuid_base=subid_base(), mirrors=read_apt_mirrors(), pip_index_url=pip_index_url(),
+        subuid_base=subid_base(),
+        subids=None not in (root_subid("/etc/subuid"), root_subid("/etc/subgid")), mirrors=read_apt_mirrors(), pip_index_url=pip_index_url(),
         ca_files=host_ca_files(), listening=host_listen_ports())
 
 
@@ -666,6 +678,20 @@ def ensure_lxd_installed(runner, world, facts):
     runner.change(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y",
                    "--no-install-recommends", *HOST_PACKAGES],
                   "install LXD and what botlxc needs on the host", step="install LXD")
+
+
+def ensure_subids(runner, world, facts):
+    """Give root an id range for containers; without it newuidmap refuses every start."""
+    if facts.subids or not facts.root:
+        return
+    first, count = SUBID_DEFAULT
+    span = "%d-%d" % (first, first + count - 1)
+    runner.change(["usermod", "--add-subuids", span, "--add-subgids", span, "root"],
+                  "id range for unprivileged containers (/etc/subuid, /etc/subgid)",
+                  step="host id ranges")
+    if world["daemon"]:
+        say("host: LXD reads the id ranges when it starts: restart the LXD daemon before "
+            "starting containers")
 
 
 def ensure_lxd_running(runner, world, facts):
@@ -712,6 +738,7 @@ def ensure_host(runner, facts):
     """Idempotent host bootstrap; returns the LXD world the later steps decide from."""
     world = observe_host(runner, facts)
     ensure_lxd_installed(runner, world, facts)
+    ensure_subids(runner, world, facts)
     ensure_lxd_running(runner, world, facts)
     if not world["daemon"] and not runner.dry_run:
         # A daemon we just installed or started may well be initialised already (a host

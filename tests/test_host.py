@@ -85,6 +85,26 @@ def test_nothing_installed_plans_install_start_and_init_without_systemd(calls):
     assert world["daemon"] is False
 
 
+def test_fresh_host_without_subids_gives_root_a_range_before_lxd_starts(calls):
+    """Debian's lxd package adds no /etc/subuid entry; newuidmap then refuses LXD's
+    default range and no unprivileged container starts (seen on a fresh machine)."""
+    register_routes(calls)
+    runner = botlxc.Runner(dry_run=True)
+    botlxc.ensure_host(runner, world_facts("nothing", subids=False))
+    usermod = ["usermod", "--add-subuids", "1000000-1000999999", "--add-subgids",
+               "1000000-1000999999", "root"]
+    assert argvs(runner) == [APT_UPDATE, APT_INSTALL, usermod, LOG_DIR, START_DAEMON,
+                             WAITREADY, PRESEED]
+
+
+def test_host_with_subids_is_not_touched(calls):
+    register_host(calls, "ready")
+    runner = botlxc.Runner(dry_run=True)
+    botlxc.ensure_host(runner, world_facts("ready", subids=True))
+    assert calls.made() == calls.expected
+    assert argvs(runner) == []
+
+
 def test_nothing_installed_with_systemd_starts_lxd_through_systemctl(calls):
     register_routes(calls)
     runner = botlxc.Runner(dry_run=True)
