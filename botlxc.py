@@ -594,11 +594,14 @@ def subid_base():
     return SUBID_DEFAULT[0] if found is None else found
 
 
-def btrfs_usable():
+def kernel_has_btrfs():
     with contextlib.suppress(OSError):
-        if "btrfs" in Path("/proc/filesystems").read_text() and shutil.which("mkfs.btrfs"):
-            return True
+        return "btrfs" in Path("/proc/filesystems").read_text()
     return False
+
+
+def btrfs_usable():
+    return kernel_has_btrfs() and bool(shutil.which("mkfs.btrfs"))
 
 
 def host_listen_ports():
@@ -678,6 +681,10 @@ def ensure_lxd_installed(runner, world, facts):
     runner.change(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y",
                    "--no-install-recommends", *HOST_PACKAGES],
                   "install LXD and what botlxc needs on the host", step="install LXD")
+    # The facts were read before this install: now mkfs.btrfs and debootstrap are there
+    # too (in a dry run: will be), so the pool and the image build can count on them.
+    facts.btrfs = facts.btrfs or kernel_has_btrfs()
+    facts.debootstrap = True
 
 
 def ensure_subids(runner, world, facts):
