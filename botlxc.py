@@ -792,6 +792,10 @@ def build_image_actions(runner, facts):
     # resolved's stub gives containers DNS from the bridge whatever the host uses.
     runner.change(["ln", "-sf", "/run/systemd/resolve/stub-resolv.conf",
                    rootfs + "/etc/resolv.conf"], "DNS through systemd-resolved", step=step)
+    # debootstrap copies the host's name; without the file the container keeps the
+    # instance name LXD gives it (journal lines, prompts and logs then say which one).
+    runner.change(["rm", "-f", rootfs + "/etc/hostname"], "containers are named by LXD",
+                  step=step)
     runner.change(["tar", "-C", build, "-cf", build + "/meta.tar", "metadata.yaml"],
                   "image metadata tarball", step=step)
     runner.change(["tar", "--numeric-owner", "-C", rootfs, "-cf", build + "/rootfs.tar", "."],

@@ -248,6 +248,7 @@ BUILD_REST = [
     ["ln", "-sf", "/lib/systemd/system/systemd-resolved.service",
      WANTS + "systemd-resolved.service"],
     ["ln", "-sf", "/run/systemd/resolve/stub-resolv.conf", ROOTFS + "/etc/resolv.conf"],
+    ["rm", "-f", ROOTFS + "/etc/hostname"],
     ["tar", "-C", BUILD, "-cf", BUILD + "/meta.tar", "metadata.yaml"],
     ["tar", "--numeric-owner", "-C", ROOTFS, "-cf", BUILD + "/rootfs.tar", "."],
     ["lxc", "image", "import", BUILD + "/meta.tar", BUILD + "/rootfs.tar", "--alias",
