@@ -1331,6 +1331,11 @@ def up(runner, spec):
     # In a dry run on a host without a running LXD there is nothing to list yet.
     snapshot = observe_tenant(runner, spec.tenant) if world["daemon"] or not runner.dry_run \
         else {"all": [], "mine": {}}
+    foreign = sorted({i["name"] for i in snapshot["all"]} & {spec.name(c) for c in spec.components
+                                                            if c not in snapshot["mine"]})
+    if foreign:
+        raise BadInput("instance %s exists but botlxc does not manage it (no user.botlxc.* "
+                       "labels); rename it or use another tenant name" % ", ".join(foreign))
     engine = labels(snapshot["mine"].get("drive", {})).get("engine")
     if engine and "drive" in spec.components and engine != spec.engine:
         raise BadInput("%s runs drive engine %s; switching engines is not supported in place "

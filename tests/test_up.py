@@ -439,6 +439,16 @@ def test_switching_the_drive_engine_in_place_is_refused(calls, tmp_path):
     assert runner.actions == [] and calls.made() == calls.expected
 
 
+def test_an_unlabelled_instance_with_the_tenants_name_is_never_taken_over(calls, tmp_path):
+    spec = make_spec(tmp_path, services=False)
+    stranger = instance("acme-cache", {"user.owner": "someone else"}, {})
+    register_ready(calls, [stranger])
+    runner = botlxc.Runner()
+    with pytest.raises(botlxc.BadInput, match="acme-cache exists but botlxc does not manage"):
+        botlxc.up(runner, spec)
+    assert runner.actions == [] and calls.made() == calls.expected
+
+
 def test_a_different_stack_dir_for_an_existing_tenant_is_refused(calls, tmp_path):
     spec = make_spec(tmp_path)
     world = up_world(spec, installed=False)
