@@ -44,7 +44,7 @@ lint: $(STAMP)
 	$(VENV)/bin/python -m py_compile botlxc.py
 
 bench: $(STAMP)
-	$(VENV)/bin/python scripts/bench.py
+	$(VENV)/bin/python scripts/bench.py --services
 
 # One file for minimal hosts: botlxc, its templates and pure-Python dependencies.
 dist: $(STAMP)
