@@ -660,3 +660,23 @@ def test_down_one_component_and_an_absent_tenant(calls, tmp_path):
     assert botlxc.down(runner, "acme", ()) == []
     assert calls.made() == calls.expected
     assert argvs(runner) == [["lxc", "delete", "acme-cache", "--force"]]
+
+
+@pytest.mark.parametrize("listen, host", [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"),
+                                          ("10.9.8.7", "10.9.8.7"), ("::", "127.0.0.1"),
+                                          ("::1", "[::1]")])
+def test_env_points_where_the_ports_listen(listen, host, tmp_path):
+    spec = make_spec(tmp_path, listen=listen)
+    text = botlxc.stack_env(spec, dict(DEFAULT_PORTS), SECRETS)
+    assert "DRIVE_SERVER=http://%s:9000\n" % host in text
+    assert "@%s:5432/botserver\n" % host in text
+    assert "@%s:6379\n" % host in text
+
+
+def test_a_second_run_on_a_locked_tenant_fails_clearly(tmp_path):
+    with botlxc.tenant_lock("locktest"):
+        with pytest.raises(botlxc.BotlxcError, match="still locked by another botlxc run"):
+            with botlxc.tenant_lock("locktest", wait=0):
+                pass
+    with botlxc.tenant_lock("locktest", wait=0):  # released: free again
+        pass
