@@ -148,3 +148,22 @@ def test_zz_down_then_up_keeps_data_and_credentials(tenant):
     assert client.get("greeting") == b"kept across down/up"
     body = s3(env).get_object(Bucket="botlxc-live", Key="hello.txt")["Body"].read()
     assert body == b"kept across down/up"
+
+
+def test_runbook_replayed_by_hand_does_what_up_does(tmp_path_factory):
+    """The dry-run runbook, run with bash, leaves a tenant that `up` finds converged."""
+    name, stack = make_tenant(tmp_path_factory, "book")
+    try:
+        plan = botlxc("up", "--tenant", name, "--stack-dir", str(stack), "--dry-run").stdout
+        assert not instances(name) and not stack.exists()
+        script = stack.parent / "runbook.sh"
+        script.write_text(plan)
+        replay = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+        assert replay.returncode == 0, replay.stderr[-2000:]
+        proc = botlxc("up", "--tenant", name, "--stack-dir", str(stack))
+        assert changes(proc) == 0, proc.stderr
+        rows = json.loads(botlxc("status", "--tenant", name, "--json").stdout)
+        assert [r["health"] for r in rows] == ["healthy"] * 3
+        assert stat.S_IMODE((stack / ".env").stat().st_mode) == 0o600
+    finally:
+        cleanup(name)

@@ -18,11 +18,6 @@ def argvs(runner):
     return [action.argv for action in runner.actions]
 
 
-def booted(name):
-    """What `lxc list NAME` answers once the instance has an IPv4 address."""
-    return [instance(name, {}, {})]
-
-
 # ----------------------------------------------------------------------------- new tenant
 
 
@@ -55,7 +50,7 @@ def test_new_tenant_containers_only(calls, tmp_path):
         ["lxc", "exec", "acme-tables", "--", "systemctl", "is-system-running", "--wait"],
     ]:
         calls(argv)
-    calls(["lxc", "list", "acme-tables", "--format", "json"], data=booted("acme-tables"))
+    calls(["lxc", "exec", "acme-tables", "--", *botlxc.NETWORK_WAIT])
     for argv in [
         ["lxc", "init", "botlxc/debian-12", "acme-drive", "-c", "security.privileged=false",
          "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=drive",
@@ -73,7 +68,7 @@ def test_new_tenant_containers_only(calls, tmp_path):
         ["lxc", "exec", "acme-drive", "--", "systemctl", "is-system-running", "--wait"],
     ]:
         calls(argv)
-    calls(["lxc", "list", "acme-drive", "--format", "json"], data=booted("acme-drive"))
+    calls(["lxc", "exec", "acme-drive", "--", *botlxc.NETWORK_WAIT])
     for argv in [
         ["lxc", "init", "botlxc/debian-12", "acme-cache", "-c", "security.privileged=false",
          "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=cache",
@@ -90,7 +85,7 @@ def test_new_tenant_containers_only(calls, tmp_path):
         ["lxc", "exec", "acme-cache", "--", "systemctl", "is-system-running", "--wait"],
     ]:
         calls(argv)
-    calls(["lxc", "list", "acme-cache", "--format", "json"], data=booted("acme-cache"))
+    calls(["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT])
 
     ports, failures = botlxc.up(botlxc.Runner(), spec)
 
@@ -129,7 +124,7 @@ def register_new_tenant(calls, spec, ca_file=None, dirs=True):
                "listen=tcp:127.0.0.1:%d" % port, "connect=tcp:127.0.0.1:%d" % port])
         calls(["lxc", "start", name])
         calls(["lxc", "exec", name, "--", "systemctl", "is-system-running", "--wait"])
-        calls(["lxc", "list", name, "--format", "json"], data=booted(name))
+        calls(["lxc", "exec", name, "--", *botlxc.NETWORK_WAIT])
         if ca_file:
             calls(["lxc", "file", "push", str(ca_file),
                    name + "/usr/local/share/ca-certificates/corp-proxy-root.crt",
@@ -276,17 +271,18 @@ def test_stopped_instance_is_started_not_recreated(calls, tmp_path):
     health_reads(calls, spec, ["tables", "drive"])
     calls(["lxc", "start", "acme-cache"])
     calls(["lxc", "exec", "acme-cache", "--", "systemctl", "is-system-running", "--wait"])
-    calls(["lxc", "list", "acme-cache", "--format", "json"], data=booted("acme-cache"))
+    calls(["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT])
     health_reads(calls, spec, ["cache"])
     runner = botlxc.Runner()
     assert botlxc.up(runner, spec)[1] == {}
     assert calls.made() == calls.expected
     assert argvs(runner) == [["lxc", "start", "acme-cache"],
                              ["lxc", "exec", "acme-cache", "--", "systemctl",
-                              "is-system-running", "--wait"]]
+                              "is-system-running", "--wait"],
+                             ["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT]]
 
 
-def test_boot_wait_retries_until_the_instance_has_an_address(calls, tmp_path):
+def test_degraded_boot_counts_and_a_missing_lease_names_the_step(calls, tmp_path):
     spec = make_spec(tmp_path, components=("cache",), services=False)
     register_ready(calls)
     calls(["mkdir", "-p"] + [str(tmp_path / "stack/cache" / d) for d in ("data", "conf",
@@ -304,13 +300,11 @@ def test_boot_wait_retries_until_the_instance_has_an_address(calls, tmp_path):
     calls(["lxc", "start", "acme-cache"])
     calls(["lxc", "exec", "acme-cache", "--", "systemctl", "is-system-running", "--wait"],
           returncode=1, stdout="degraded\n")  # degraded still counts as booted
-    no_address = instance("acme-cache", {}, {})
-    no_address["state"]["network"]["eth0"]["addresses"] = [
-        a for a in no_address["state"]["network"]["eth0"]["addresses"] if a["family"] != "inet"]
-    calls(["lxc", "list", "acme-cache", "--format", "json"], data=[no_address])
-    calls(["lxc", "list", "acme-cache", "--format", "json"], data=booted("acme-cache"))
-    assert botlxc.up(botlxc.Runner(), spec)[1] == {}
+    calls(["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT], returncode=124)
+    failures = botlxc.up(botlxc.Runner(), spec)[1]
     assert calls.made() == calls.expected
+    assert isinstance(failures["cache"], botlxc.CommandFailed)
+    assert "acme-cache: network (no lease in 90 s" in str(failures["cache"])
 
 
 @pytest.mark.skipif(botlxc.os.geteuid() != 0, reason="giving a dir to root needs root")
@@ -520,8 +514,8 @@ def test_components_run_concurrently_each_in_its_own_order(calls, tmp_path):
                      ["lxc", "exec", name, "--", "systemctl", "is-system-running", "--wait"]]
         for argv in sequence:
             calls(argv)
-        calls(["lxc", "list", name, "--format", "json"], data=booted(name))
-        per_component[name] = sequence + [["lxc", "list", name, "--format", "json"]]
+        calls(["lxc", "exec", name, "--", *botlxc.NETWORK_WAIT])
+        per_component[name] = sequence + [["lxc", "exec", name, "--", *botlxc.NETWORK_WAIT]]
     assert botlxc.up(botlxc.Runner(), spec)[1] == {}
     made = calls.made()
     assert sorted(made) == sorted(calls.expected)

@@ -44,6 +44,9 @@ lxc start acme-tables
 # wait until systemd in acme-tables has booted
 lxc exec acme-tables -- systemctl is-system-running --wait || true
 
+# wait for acme-tables's DHCP lease (default route)
+lxc exec acme-tables -- timeout 90 sh -c 'until ip -4 route show default | grep -q .; do sleep 1; done'
+
 # host CA certificate corp-proxy-root.crt (HTTPS through the host's proxy)
 lxc file push /TMP/ca/corp-proxy-root.crt acme-tables/usr/local/share/ca-certificates/corp-proxy-root.crt --create-dirs --mode 0644
 
@@ -265,6 +268,9 @@ lxc start acme-drive
 # wait until systemd in acme-drive has booted
 lxc exec acme-drive -- systemctl is-system-running --wait || true
 
+# wait for acme-drive's DHCP lease (default route)
+lxc exec acme-drive -- timeout 90 sh -c 'until ip -4 route show default | grep -q .; do sleep 1; done'
+
 # host CA certificate corp-proxy-root.crt (HTTPS through the host's proxy)
 lxc file push /TMP/ca/corp-proxy-root.crt acme-drive/usr/local/share/ca-certificates/corp-proxy-root.crt --create-dirs --mode 0644
 
@@ -435,6 +441,9 @@ lxc start acme-cache
 
 # wait until systemd in acme-cache has booted
 lxc exec acme-cache -- systemctl is-system-running --wait || true
+
+# wait for acme-cache's DHCP lease (default route)
+lxc exec acme-cache -- timeout 90 sh -c 'until ip -4 route show default | grep -q .; do sleep 1; done'
 
 # host CA certificate corp-proxy-root.crt (HTTPS through the host's proxy)
 lxc file push /TMP/ca/corp-proxy-root.crt acme-cache/usr/local/share/ca-certificates/corp-proxy-root.crt --create-dirs --mode 0644
