@@ -479,6 +479,15 @@ missing=$(missing_pkgs valkey-server valkey-tools)
 if [ -n "$missing" ]; then
     # Masked before install so the package's own server never starts or grabs the port.
     systemctl mask valkey-server.service
+    if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        # botlxc's image has backports; another --image may not: add it on that image's
+        # own Debian mirror (the first non-security one its sources name).
+        mirror=$(grep -rhsoE '^(deb|URIs:)[[:space:]]+[a-z]+://[^[:space:]]+' \
+            /etc/apt/sources.list /etc/apt/sources.list.d/ | awk '{print $2}' \
+            | grep -v security | head -n 1)
+        [ -n "$mirror" ] || { echo "install: no Debian mirror in apt sources" >&2; exit 1; }
+        echo "deb $mirror bookworm-backports main" > /etc/apt/sources.list.d/botlxc-backports.list
+    fi
     apt-get update -q
     apt-get install -qy --no-install-recommends -t bookworm-backports $missing
 fi
@@ -593,4 +602,4 @@ BOTLXC_EOF
 lxc exec acme-cache -- sh /usr/local/lib/botlxc/install.sh
 
 # remember what is installed (skips the install next time)
-lxc config set acme-cache user.botlxc.installed aaeec340e6bb7118
+lxc config set acme-cache user.botlxc.installed 758634a35c195e98
