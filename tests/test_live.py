@@ -183,3 +183,18 @@ def test_zz_down_keeps_host_files(bare_tenant):
     assert "data kept in" in proc.stderr
     assert instances(tenant) == {}
     assert (stack / "drive" / "data" / "keep.txt").read_text() == "mine"
+
+
+def test_privileged_is_an_explicit_opt_in(tmp_path_factory):
+    tenant, stack = make_tenant(tmp_path_factory, "priv")
+    try:
+        botlxc("up", "--tenant", tenant, "--stack-dir", str(stack), "--containers-only",
+               "--privileged", "--component", "cache")
+        name = tenant + "-cache"
+        assert instances(tenant)[name]["config"]["security.privileged"] == "true"
+        lxc("exec", name, "--", "dd", "of=/opt/gbo/data/p.txt", input="root inside\n")
+        written = stack / "cache" / "data" / "p.txt"
+        assert written.stat().st_uid == 0  # privileged: container root is host root
+        assert (stack / "cache" / "data").stat().st_uid == 0
+    finally:
+        cleanup(tenant)
