@@ -1318,6 +1318,10 @@ def bring_up_component(runner, spec, component, inst, ports, image):
 
 def up(runner, spec):
     """Bring a tenant up: host, image, then each component (concurrently where possible)."""
+    if not spec.host.root and not runner.dry_run:
+        raise BotlxcError("botlxc up needs root: it gives host dirs to the containers' mapped "
+                          "ids and writes 0600 secrets for them (try: sudo botlxc up, or "
+                          "--dry-run to see the plan)")
     world = ensure_host(runner, spec.host)
     image = ensure_image(runner, spec.host, world, spec.image)
     # In a dry run on a host without a running LXD there is nothing to list yet.

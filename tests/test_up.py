@@ -674,3 +674,12 @@ def test_a_second_run_on_a_locked_tenant_fails_clearly(tmp_path):
                 pass
     with botlxc.tenant_lock("locktest", wait=0):  # released: free again
         pass
+
+
+def test_up_as_a_normal_user_is_one_clear_line_before_any_command(calls, tmp_path):
+    spec = make_spec(tmp_path, host=facts(root=False))
+    runner = botlxc.Runner()
+    with pytest.raises(botlxc.BotlxcError, match="botlxc up needs root") as failed:
+        botlxc.up(runner, spec)
+    assert failed.value.exit_code == 1
+    assert runner.actions == [] and calls.made() == []
