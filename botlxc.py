@@ -7,7 +7,7 @@ Map of this file, top to bottom; each section uses only what is above it:
   2. constants     paths, names, defaults
   3. errors        BotlxcError (1), BadInput (2), CommandFailed (3)
   4. output        progress on stderr; stdout is for machine output only
-  5. Runner        the only door to the outside: read / change / run_local; runbook
+  5. Runner        the only door to the outside: read / change / local; runbook
   6. lxc_*         one small wrapper per lxc subcommand, argv as literal lists
   7. retry         one tenacity policy, applied by name to flaky steps
   8. templates     one Jinja2 environment (StrictUndefined)
@@ -158,8 +158,8 @@ class Action:
     why: str
     input: str = None
     ok_codes: tuple = (0,)
-    #: secret actions are not shown in runbooks: they are a call of botlxc itself.
-    secret: bool = False
+    #: done in-process (secrets); argv is the botlxc command that does the same by hand
+    in_process: bool = False
 
 
 class Runner:
@@ -195,7 +195,7 @@ class Runner:
     def local(self, shown_argv, why, func):
         """A change done in-process; shown_argv is the botlxc command that does the same."""
         with self._lock:
-            self.actions.append(Action(list(shown_argv), why, None, (0,), secret=True))
+            self.actions.append(Action(list(shown_argv), why, None, (0,), in_process=True))
         if not self.dry_run:
             func()
 
@@ -217,7 +217,7 @@ class Runner:
             lines.append("# " + action.why)
             command = shlex.join(action.argv)
             if action.ok_codes != (0,):
-                command += " || true"
+                command += " || true"  # e.g. systemd "degraded" (1) still counts as booted
             if action.input is None:
                 lines.append(command)
             elif action.input.endswith("\n") and "\nBOTLXC_EOF\n" not in "\n" + action.input:

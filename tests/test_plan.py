@@ -70,7 +70,7 @@ def test_the_runbooks_secrets_step_writes_the_same_env(calls, tmp_path, ca_file,
     """The runbook shows `botlxc secrets ...` for the in-process step; running it writes
     the secrets and a .env that points at the planned ports."""
     runner = plan_new_tenant(calls, tmp_path, ca_file)
-    (step,) = [a.argv for a in runner.actions if a.secret]
+    (step,) = [a.argv for a in runner.actions if a.in_process]
     assert step[0] == "botlxc"
     capsys.readouterr()
     assert botlxc.main(step[1:]) == 0

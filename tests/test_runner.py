@@ -89,7 +89,7 @@ def test_dry_run_records_and_executes_nothing(fp):
     runner.local(["botlxc", "secrets"], "write secrets", lambda: done.append(1))
     assert list(fp.calls) == []
     assert done == []
-    assert [(a.argv, a.why, a.secret) for a in runner.actions] == [
+    assert [(a.argv, a.why, a.in_process) for a in runner.actions] == [
         (["lxc", "delete", "acme-tables", "--force"], "delete", False),
         (["botlxc", "secrets"], "write secrets", True)]
 

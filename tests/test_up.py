@@ -152,7 +152,7 @@ def test_new_tenant_with_services(calls, tmp_path, ca_file):
     assert failures == {}
     assert calls.made() == calls.expected
     # the one in-process step: secrets, shown as the botlxc command that does the same
-    secret_steps = [a for a in runner.actions if a.secret]
+    secret_steps = [a for a in runner.actions if a.in_process]
     assert [a.argv for a in secret_steps] == [[
         "botlxc", "secrets", "--tenant", "acme", "--stack-dir", S, "--listen", "127.0.0.1",
         "--port", "cache.valkey=6379", "--port", "drive.s3=9000", "--port", "tables.pg=5432"]]
@@ -416,7 +416,7 @@ def test_remapping_a_port_of_a_running_tenant(calls, tmp_path):
     ports, failures = botlxc.up(runner, spec)
     assert failures == {}
     assert calls.made() == calls.expected  # no reinstall: the service inside is unchanged
-    assert [a.argv[:2] for a in runner.actions if a.secret] == [["botlxc", "secrets"]]
+    assert [a.argv[:2] for a in runner.actions if a.in_process] == [["botlxc", "secrets"]]
     assert (tmp_path / "stack/.env").read_text() == env_text(ports={("tables", "pg"): 15432})
 
 
