@@ -285,10 +285,6 @@ def lxc_start(runner, name):
     runner.change(["lxc", "start", name], "start " + name, step=name + ": start")
 
 
-def lxc_stop(runner, name):
-    runner.change(["lxc", "stop", name], "stop " + name, step=name + ": stop")
-
-
 def lxc_delete(runner, name):
     runner.change(["lxc", "delete", name, "--force"],
                   "delete instance %s (host dirs stay)" % name, step=name + ": delete")
@@ -375,6 +371,7 @@ class Component:
     #: lines of the stack's .env, formatted with the secrets and host ports (port_<name>)
     env: tuple
     engines: tuple = ("",)
+    #: components that must be up first (when they are part of the same run)
     depends_on: tuple = ()
 
     def ports_for(self, engine):
@@ -1349,17 +1346,38 @@ def up(runner, spec):
     failures = {}
     jobs = 1 if runner.dry_run else max(1, spec.jobs)
     with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(bring_up_component, runner, spec, comp,
-                               snapshot["mine"].get(comp), ports, image): comp
-                   for comp in spec.components}
-        for future in concurrent.futures.as_completed(futures):
-            comp = futures[future]
-            try:
-                future.result()
-            except BotlxcError as exc:
-                failures[comp] = exc
-                say("%-16s FAILED %s" % (spec.name(comp), exc))
+        for wave in dependency_waves(spec.components):
+            futures = {}
+            for comp in wave:
+                blocked = [d for d in COMPONENTS[comp].depends_on if d in failures]
+                if blocked:
+                    failures[comp] = BotlxcError("not started: needs %s" % ", ".join(blocked))
+                    say("%-16s SKIPPED (needs %s)" % (spec.name(comp), ", ".join(blocked)))
+                    continue
+                futures[pool.submit(bring_up_component, runner, spec, comp,
+                                    snapshot["mine"].get(comp), ports, image)] = comp
+            for future in concurrent.futures.as_completed(futures):
+                comp = futures[future]
+                try:
+                    future.result()
+                except BotlxcError as exc:
+                    failures[comp] = exc
+                    say("%-16s FAILED %s" % (spec.name(comp), exc))
     return ports, failures
+
+
+def dependency_waves(components, catalogue=COMPONENTS):
+    """Components in waves: each wave only needs components of earlier waves."""
+    left, done, waves = list(components), set(), []
+    while left:
+        wave = [c for c in left
+                if all(d in done or d not in components for d in catalogue[c].depends_on)]
+        if not wave:
+            raise BotlxcError("components depend on each other in a circle: " + ", ".join(left))
+        waves.append(wave)
+        done.update(wave)
+        left = [c for c in left if c not in done]
+    return waves
 
 
 def status_rows(runner, tenant, check_health=True):

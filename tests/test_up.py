@@ -683,3 +683,16 @@ def test_up_as_a_normal_user_is_one_clear_line_before_any_command(calls, tmp_pat
         botlxc.up(runner, spec)
     assert failed.value.exit_code == 1
     assert runner.actions == [] and calls.made() == []
+
+
+def test_dependency_waves_order_dependents_after_what_they_need():
+    assert botlxc.dependency_waves(("tables", "drive", "cache")) == [["tables", "drive",
+                                                                     "cache"]]
+    catalogue = dict(botlxc.COMPONENTS)
+    catalogue["cache"] = botlxc.dataclasses.replace(catalogue["cache"], depends_on=("tables",))
+    assert botlxc.dependency_waves(("tables", "drive", "cache"), catalogue) == [
+        ["tables", "drive"], ["cache"]]
+    assert botlxc.dependency_waves(("cache",), catalogue) == [["cache"]]  # not in this run
+    catalogue["tables"] = botlxc.dataclasses.replace(catalogue["tables"], depends_on=("cache",))
+    with pytest.raises(botlxc.BotlxcError, match="in a circle"):
+        botlxc.dependency_waves(("tables", "cache"), catalogue)
