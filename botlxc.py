@@ -982,7 +982,8 @@ def wanted_devices(spec, component, ports):
 def ensure_devices(runner, spec, component, inst, ports):
     name = spec.name(component)
     have = (inst or {}).get("devices") or {}
-    for device, props in wanted_devices(spec, component, ports).items():
+    wanted = wanted_devices(spec, component, ports)
+    for device, props in wanted.items():
         current = have.get(device)
         if current == props:
             continue
@@ -995,8 +996,8 @@ def ensure_devices(runner, spec, component, inst, ports):
             lxc_device_remove(runner, name, device, "replace device %s" % device)
         what = "mount %s at %s" % (props["source"], props["path"]) if props["type"] == "disk" \
             else "forward host %s to %s" % (props["listen"], props["connect"])
-        lxc_device_add(runner, name, device, props.pop("type"), props, what)
-    wanted = wanted_devices(spec, component, ports)
+        settings = {key: value for key, value in props.items() if key != "type"}
+        lxc_device_add(runner, name, device, props["type"], settings, what)
     for device, props in have.items():
         if props.get("type") == "proxy" and device.startswith("port-") and device not in wanted:
             lxc_device_remove(runner, name, device, "port %s no longer used" % device)
