@@ -365,6 +365,7 @@ class Component:
     summary: str
     ports: tuple
     #: (template under templates/components/<name>/, destination in the container, mode)
+    #: a template name holding a "/" is shared: relative to templates/
     files: tuple
     #: keys generated once into <conf>/secrets.env
     secrets: tuple
@@ -378,8 +379,10 @@ class Component:
         return tuple(p for p in self.ports if not p.engines or engine in p.engines)
 
 
+#: Every component's files; a template name with a "/" is relative to templates/ itself.
 _SCRIPTS = (("install.sh.j2", LIB_DIR + "/install.sh", "0755"),
-            ("health.sh.j2", LIB_DIR + "/health.sh", "0755"))
+            ("health.sh.j2", LIB_DIR + "/health.sh", "0755"),
+            ("common/botlxc.logrotate.j2", "/etc/logrotate.d/botlxc", "0644"))
 
 COMPONENTS = {
     "tables": Component(
@@ -1156,7 +1159,8 @@ def render_files(spec, component):
     ctx = {"tenant": spec.tenant, "component": component, "engine": engine,
            "ports": {p.name: p.port for p in comp.ports_for(engine)},
            "pip_index_url": spec.host.pip_index_url}
-    return [(dest, mode, render("components/%s/%s" % (component, template), **ctx))
+    return [(dest, mode, render(template if "/" in template else
+                                "components/%s/%s" % (component, template), **ctx))
             for template, dest, mode in comp.files]
 
 

@@ -79,7 +79,7 @@ missing_pkgs() {
         dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || printf '%s ' "$p"
     done
 }
-missing=$(missing_pkgs postgresql-15)
+missing=$(missing_pkgs postgresql-15 logrotate)
 if [ -n "$missing" ]; then
     # Debian's package would create and start its own "main" cluster; we run ours.
     mkdir -p /etc/postgresql-common
@@ -151,6 +151,23 @@ pg_isready -q -h 127.0.0.1 -p 5432 -U gbuser -d botserver || fail "not accepting
 out=$(psql -X -qAt -h 127.0.0.1 -p 5432 -U gbuser -d botserver -c 'select 1' 2>&1)
 [ "$out" = 1 ] || fail "select 1 as gbuser failed: $(printf '%s' "$out" | tail -n 1)"
 echo "tables: ok"
+BOTLXC_EOF
+
+# tables: /etc/logrotate.d/botlxc
+lxc file push - acme-tables/etc/logrotate.d/botlxc --create-dirs --mode 0644 <<'BOTLXC_EOF'
+# botlxc: keep tables's logs on the host-mounted /opt/gbo/logs bounded.
+# copytruncate: the services keep their log file open and the chapter's `tail -f` on the
+# host goes on reading the same file name.
+/opt/gbo/logs/*.log {
+    daily
+    maxsize 100M
+    rotate 14
+    missingok
+    notifempty
+    compress
+    delaycompress
+    copytruncate
+}
 BOTLXC_EOF
 
 # tables: /etc/systemd/system/tables.service
@@ -245,7 +262,7 @@ BOTLXC_EOF
 lxc exec acme-tables -- sh /usr/local/lib/botlxc/install.sh
 
 # remember what is installed (skips the install next time)
-lxc config set acme-tables user.botlxc.installed b99b90aac2707376
+lxc config set acme-tables user.botlxc.installed 73558ab020d87db0
 
 # create instance acme-drive from botlxc/debian-12
 lxc init botlxc/debian-12 acme-drive -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=drive -c user.botlxc.version=0.2.0 -c user.botlxc.stack=/TMP/stack -c user.botlxc.engine=rclone
@@ -304,7 +321,7 @@ missing_pkgs() {
         dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || printf '%s ' "$p"
     done
 }
-missing=$(missing_pkgs python3-venv)
+missing=$(missing_pkgs python3-venv logrotate)
 if [ -n "$missing" ]; then
     apt-get update -q
     apt-get install -qy --no-install-recommends $missing
@@ -389,6 +406,23 @@ out=$(/opt/botlxc/rclone/bin/rclone lsd drive: --config /dev/null --retries 1 --
 echo "drive: ok"
 BOTLXC_EOF
 
+# drive: /etc/logrotate.d/botlxc
+lxc file push - acme-drive/etc/logrotate.d/botlxc --create-dirs --mode 0644 <<'BOTLXC_EOF'
+# botlxc: keep drive's logs on the host-mounted /opt/gbo/logs bounded.
+# copytruncate: the services keep their log file open and the chapter's `tail -f` on the
+# host goes on reading the same file name.
+/opt/gbo/logs/*.log {
+    daily
+    maxsize 100M
+    rotate 14
+    missingok
+    notifempty
+    compress
+    delaycompress
+    copytruncate
+}
+BOTLXC_EOF
+
 # drive: /etc/systemd/system/drive.service
 lxc file push - acme-drive/etc/systemd/system/drive.service --create-dirs --mode 0644 <<'BOTLXC_EOF'
 # acme-drive: S3 object storage, engine rclone.
@@ -419,7 +453,7 @@ BOTLXC_EOF
 lxc exec acme-drive -- sh /usr/local/lib/botlxc/install.sh
 
 # remember what is installed (skips the install next time)
-lxc config set acme-drive user.botlxc.installed 6b82c9c9949fe1f5
+lxc config set acme-drive user.botlxc.installed f58f3241856a0228
 
 # create instance acme-cache from botlxc/debian-12
 lxc init botlxc/debian-12 acme-cache -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=cache -c user.botlxc.version=0.2.0 -c user.botlxc.stack=/TMP/stack
@@ -475,7 +509,7 @@ missing_pkgs() {
         dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || printf '%s ' "$p"
     done
 }
-missing=$(missing_pkgs valkey-server valkey-tools)
+missing=$(missing_pkgs valkey-server valkey-tools logrotate)
 if [ -n "$missing" ]; then
     # Masked before install so the package's own server never starts or grabs the port.
     systemctl mask valkey-server.service
@@ -549,6 +583,23 @@ out=$(cli --user gbuser set botlxc:health ok EX 60)
 echo "cache: ok"
 BOTLXC_EOF
 
+# cache: /etc/logrotate.d/botlxc
+lxc file push - acme-cache/etc/logrotate.d/botlxc --create-dirs --mode 0644 <<'BOTLXC_EOF'
+# botlxc: keep cache's logs on the host-mounted /opt/gbo/logs bounded.
+# copytruncate: the services keep their log file open and the chapter's `tail -f` on the
+# host goes on reading the same file name.
+/opt/gbo/logs/*.log {
+    daily
+    maxsize 100M
+    rotate 14
+    missingok
+    notifempty
+    compress
+    delaycompress
+    copytruncate
+}
+BOTLXC_EOF
+
 # cache: /etc/systemd/system/cache.service
 lxc file push - acme-cache/etc/systemd/system/cache.service --create-dirs --mode 0644 <<'BOTLXC_EOF'
 # acme-cache: Valkey with botlxc's config (the package's own
@@ -602,4 +653,4 @@ BOTLXC_EOF
 lxc exec acme-cache -- sh /usr/local/lib/botlxc/install.sh
 
 # remember what is installed (skips the install next time)
-lxc config set acme-cache user.botlxc.installed 758634a35c195e98
+lxc config set acme-cache user.botlxc.installed be52e5f3a4f6a950
