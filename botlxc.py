@@ -501,14 +501,13 @@ def validate_path(value, what):
 def read_apt_mirrors(root="/"):
     """The host's own Debian mirrors: {'debian': URI, 'security': URI or None}.
 
-    Read from deb822 .sources files and the one-line sources.list, so botlxc never
-    names a package host itself.
+    Read from deb822 .sources files and one-line .list files, so botlxc never names a
+    package host itself. Only entries with component "main" count (third-party
+    repositories such as a "bookworm stable" one are not Debian mirrors).
     """
-    entries = []
     base = Path(root) / "etc" / "apt"
-    files = sorted((base / "sources.list.d").glob("*.sources")) if \
-        (base / "sources.list.d").is_dir() else []
-    for path in files:
+    entries = []  # (uri, suites, components)
+    for path in sorted((base / "sources.list.d").glob("*.sources")):
         for stanza in path.read_text().split("\n\n"):
             fields = {}
             for line in stanza.splitlines():
@@ -517,17 +516,18 @@ def read_apt_mirrors(root="/"):
                 key, _, value = line.partition(":")
                 fields[key.strip().lower()] = value.split()
             if "deb" in fields.get("types", []) and fields.get("enabled", ["yes"]) != ["no"]:
-                for uri in fields.get("uris", []):
-                    entries.append((uri, fields.get("suites", [])))
-    for path in [base / "sources.list", *sorted((base / "sources.list.d").glob("*.list"))] \
-            if (base / "sources.list.d").is_dir() else [base / "sources.list"]:
+                entries += [(uri, fields.get("suites", []), fields.get("components", []))
+                            for uri in fields.get("uris", [])]
+    for path in [base / "sources.list", *sorted((base / "sources.list.d").glob("*.list"))]:
         if path.is_file():
             for line in path.read_text().splitlines():
                 words = re.sub(r"\[[^]]*\]", "", line).split()
-                if len(words) >= 3 and words[0] == "deb":
-                    entries.append((words[1], [words[2]]))
+                if len(words) >= 4 and words[0] == "deb":
+                    entries.append((words[1], [words[2]], words[3:]))
     mirrors = {"debian": None, "security": None}
-    for uri, suites in entries:
+    for uri, suites, components in entries:
+        if "main" not in components:
+            continue
         if "bookworm" in suites and not mirrors["debian"]:
             mirrors["debian"] = uri
         if "bookworm-security" in suites and not mirrors["security"]:

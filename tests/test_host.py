@@ -391,3 +391,17 @@ def test_apt_mirrors_of_a_host_that_is_not_bookworm(tmp_path):
     (tmp_path / "etc" / "apt" / "sources.list").write_text(
         "deb http://archive.ubuntu.com/ubuntu noble main\n")
     assert botlxc.read_apt_mirrors(tmp_path) == {"debian": None, "security": None}
+
+
+def test_a_third_party_bookworm_repository_is_not_taken_for_the_debian_mirror(tmp_path):
+    apt = tmp_path / "etc" / "apt"
+    (apt / "sources.list.d").mkdir(parents=True)
+    (apt / "sources.list.d" / "aaa-vendor.sources").write_text(
+        "Types: deb\nURIs: https://vendor.example.net/linux/debian\nSuites: bookworm\n"
+        "Components: stable\n")
+    (apt / "sources.list.d" / "tools.list").write_text(
+        "deb https://tools.example.net/apt bookworm contrib-tools\n")
+    (apt / "sources.list.d" / "debian.sources").write_text(
+        "Types: deb\nURIs: http://deb.example.net/debian\nSuites: bookworm\nComponents: main\n")
+    assert botlxc.read_apt_mirrors(tmp_path) == {
+        "debian": "http://deb.example.net/debian", "security": None}
