@@ -488,6 +488,15 @@ def validate_listen(address):
     return address
 
 
+def validate_image(image):
+    """[remote:]alias-or-fingerprint, as LXD spells them; nothing a shell would read."""
+    if image is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._/-]+)?$",
+                                          image):
+        raise BadInput("invalid --image %r: expected [REMOTE:]ALIAS or a fingerprint, e.g. "
+                       "images:debian/12" % image)
+    return image
+
+
 def validate_path(value, what):
     if any(ch in value for ch in "\n\r\0;&|`$<>"):
         raise BadInput("invalid %s %r: shell metacharacters are not allowed in paths"
@@ -1443,10 +1452,6 @@ def finish(runner):
         say("%d change%s" % (len(runner.actions), "" if len(runner.actions) == 1 else "s"))
 
 
-def checked_tenant(tenant):
-    return validate_tenant(tenant)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(VERSION, prog_name="botlxc")
 @click.option("-v", "--verbose", count=True, help="Show every command botlxc runs.")
@@ -1468,7 +1473,7 @@ def cmd_host_setup(dry_run, image):
     runner = Runner(dry_run)
     facts = read_host_facts()
     world = ensure_host(runner, facts)
-    chosen = ensure_image(runner, facts, world, image)
+    chosen = ensure_image(runner, facts, world, validate_image(image))
     say("host: ready (image %s)" % chosen)
     finish(runner)
 
@@ -1500,13 +1505,16 @@ def cmd_host_setup(dry_run, image):
 def cmd_up(tenant, dry_run, components, stack_dir, image, privileged, no_host_ca, listen,
            ports, engine, artifacts, sums, containers_only, jobs):
     """Create or converge the tenant's containers and services (idempotent)."""
-    spec = Spec(tenant=checked_tenant(tenant),
+    spec = Spec(tenant=validate_tenant(tenant),
                 components=validate_components(components or DEFAULT_COMPONENTS),
                 stack=Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else None,
-                image=image, privileged=privileged, host_ca=not no_host_ca,
+                image=validate_image(image), privileged=privileged, host_ca=not no_host_ca,
                 listen=validate_listen(listen), engine=engine, services=not containers_only,
                 port_picks=parse_port_picks(ports, COMPONENTS), jobs=jobs,
                 host=read_host_facts())
+    if (artifacts or sums) and engine != "minio":
+        raise BadInput("--artifact/--sha256 are for --engine minio; the %s engine needs none"
+                       % engine)
     spec.artifacts = parse_artifacts(artifacts, sums) if engine == "minio" and \
         "drive" in spec.components and not containers_only else {}
     runner = Runner(dry_run)
@@ -1561,7 +1569,7 @@ def cmd_secrets(tenant, stack_dir, ports, listen):
     picks = parse_port_picks(ports, COMPONENTS)
     components = tuple(c for c in COMPONENTS if any(k[0] == c for k in picks)) or \
         DEFAULT_COMPONENTS
-    spec = Spec(tenant=checked_tenant(tenant), components=components,
+    spec = Spec(tenant=validate_tenant(tenant), components=components,
                 stack=Path(validate_path(stack_dir, "--stack-dir")).resolve() if stack_dir
                 else default_stack(tenant).resolve(), listen=validate_listen(listen))
     defaults = {(c, p.name): p.port for c in components for p in COMPONENTS[c].ports[:1]}
@@ -1578,7 +1586,7 @@ def cmd_secrets(tenant, stack_dir, ports, listen):
 @click.option("--no-health", is_flag=True, help="Skip the service health checks.")
 def cmd_status(tenant, as_json, no_health):
     """The tenant's containers: state, address, ports and service health."""
-    rows = status_rows(Runner(), checked_tenant(tenant), check_health=not no_health)
+    rows = status_rows(Runner(), validate_tenant(tenant), check_health=not no_health)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -1598,7 +1606,7 @@ def cmd_status(tenant, as_json, no_health):
 @click.option("--component", "-c", "components", multiple=True, help="Only this component.")
 def cmd_down(tenant, dry_run, components):
     """Stop and delete the tenant's containers. Host dirs (the data) stay."""
-    tenant = checked_tenant(tenant)
+    tenant = validate_tenant(tenant)
     comps = validate_components(components) if components else ()
     runner = Runner(dry_run)
     with tenant_lock(tenant) if not dry_run else contextlib.nullcontext():

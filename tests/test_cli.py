@@ -92,6 +92,12 @@ def test_empty_tenant_name(capsys, fp):
      "invalid --sha256 minio=abc: expected 64 hex digits"),
     (["--engine", "minio", "--artifact", "rclone=/x"],
      "invalid --artifact 'rclone=/x': expected minio=VALUE"),
+    (["--artifact", "minio=/srv/minio"],
+     "--artifact/--sha256 are for --engine minio; the rclone engine needs none"),
+    (["--image", "debian;reboot"], "invalid --image 'debian;reboot': expected [REMOTE:]ALIAS "
+                                   "or a fingerprint, e.g. images:debian/12"),
+    (["--image", "$(id)"], "invalid --image '$(id)': expected [REMOTE:]ALIAS or a "
+                           "fingerprint, e.g. images:debian/12"),
 ])
 def test_bad_up_input_exits_2_with_one_line_and_no_command(capsys, fp, args, message):
     code, out, err = run(capsys, "up", "--tenant", "acme", *args)
