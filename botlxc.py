@@ -1293,6 +1293,9 @@ def self_argv():
     here = Path(sys.argv[0])
     if here.suffix == ".pyz" or here.name == "botlxc.py":
         return [sys.executable, str(here.resolve())]
+    if here.name == "botlxc" and here.is_file():
+        # the console script, e.g. .venv/bin/botlxc: a runbook must not rely on PATH
+        return [str(here.resolve())]
     return ["botlxc"]
 
 
