@@ -1132,10 +1132,10 @@ def ensure_secrets(runner, spec, ports, owners, self_argv):
         if any(current.get(k) != v for k, v in wanted.items()):
             to_write[comp] = wanted
     # Components this run does not touch stay in .env (a partial up must not drop them).
-    for comp in COMPONENTS:
+    for comp in (c for c in COMPONENTS if c not in values):
         current = read_env_file(secrets_path(spec, comp))
         needed = {(comp, p.name) for p in COMPONENTS[comp].ports[:1]}
-        if comp not in values and current and needed <= set(ports):
+        if current and needed <= set(ports):
             values[comp] = current
     env_path = spec.stack / ".env"
     env_text = stack_env(spec, ports, values)
@@ -1253,8 +1253,6 @@ def health(runner, name):
 
 
 def wait_healthy(runner, name, seconds=90):
-    if runner.dry_run:
-        return True, "dry run"
     deadline = time.monotonic() + seconds
     while True:
         ok, message = health(runner, name)
