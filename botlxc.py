@@ -5,7 +5,7 @@ Map of this file, top to bottom; each section uses only what is above it:
 
   1. bootstrap     Python check, third-party imports with a clear message
   2. constants     paths, names, defaults
-  3. errors        BotlxcError (1), BadInput (2), CommandFailed (3)
+  3. errors        BotlxcError (1), BadInput (2), CommandFailed (3), Interrupted (130)
   4. output        progress on stderr; stdout is for machine output only
   5. Runner        the only door to the outside: read / change / local; runbook
   6. lxc_*         one small wrapper per lxc subcommand, argv as literal lists
@@ -13,12 +13,13 @@ Map of this file, top to bottom; each section uses only what is above it:
   8. templates     one Jinja2 environment (StrictUndefined)
   9. components    COMPONENTS: the services as data
  10. validation    tenant names, ports, components: checked before anything runs
- 11. host          LXD install/start/init, Debian 12 image
- 12. tenant steps  observe -> ensure_* (instances, mounts, ports, secrets, services)
- 13. CLI           thin click commands, main()
+ 11. host files    the trust boundary: safe paths, bounded reads, private writes, locks
+ 12. host          LXD install/start/init, Debian 12 image, artifacts
+ 13. tenant steps  observe -> ensure_* (stack, instances, mounts, ports, secrets, services)
+ 14. CLI           thin click commands, main()
 
 Exit codes: 0 ok - 1 error - 2 usage or bad input (nothing changed) - 3 a command failed
-(the message names the step and the command).
+(the message names the step and the command) - 130 interrupted (the next run converges).
 """
 
 # --------------------------------------------------------------------------- 1. bootstrap
@@ -30,6 +31,7 @@ if sys.version_info < (3, 9):  # pragma: no cover - guards minimal hosts
 import concurrent.futures
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import ipaddress
@@ -39,6 +41,8 @@ import re
 import secrets
 import shlex
 import shutil
+import signal
+import stat
 import string
 import subprocess
 import threading
@@ -58,7 +62,7 @@ except ImportError as exc:  # pragma: no cover - depends on the host
     )
 
 # --------------------------------------------------------------------------- 2. constants
-VERSION = "0.2.0"
+VERSION = "0.3.0"
 
 #: Where the host directories appear inside every container.
 MOUNT_ROOT = "/opt/gbo"
@@ -72,8 +76,6 @@ DEFAULT_TENANT = "default"
 REMOTE_IMAGE = "images:debian/12"
 #: Alias of the Debian 12 image botlxc builds with debootstrap when REMOTE_IMAGE is unreachable.
 LOCAL_IMAGE = "botlxc/debian-12"
-#: Scratch space for the image build (removed after a successful import).
-IMAGE_BUILD_DIR = "/var/cache/botlxc/image-build"
 #: Packages baked into the local image: systemd as PID 1, DHCP via networkd (needs udev),
 #: resolved for DNS from the bridge, CA tooling for the host's certificates.
 IMAGE_PACKAGES = ("systemd", "systemd-sysv", "systemd-resolved", "udev", "dbus", "iproute2",
@@ -86,15 +88,20 @@ NETWORK_WAIT = ["timeout", "90", "sh", "-c",
                 "until ip -4 route show default | grep -q .; do sleep 1; done"]
 #: Where rendered helper scripts live inside a container.
 LIB_DIR = "/usr/local/lib/botlxc"
-#: Downloaded artifacts (checked by sha256 before every use).
-ARTIFACT_CACHE = "/var/cache/botlxc/artifacts"
 #: Where the LXD daemon logs when botlxc starts it without systemd.
 LXD_LOG = "/var/log/lxd/lxd.log"
 #: Name of the bridge and pool botlxc creates on an uninitialised LXD.
 BRIDGE = "lxdbr0"
 POOL = "default"
-#: Secrets file on each component's conf mount (mode 0600, owned by the container's root).
-SECRETS_FILE = "secrets.env"
+#: Root-only dir under every stack that no container mounts: the tenant marker and the
+#: master copy of each component's secrets (the host's side of the trust boundary).
+STATE_DIR = ".botlxc"
+#: The secrets inside a container: on its own root filesystem, not on a host mount.
+SECRETS_IN = "/etc/botlxc/secrets.env"
+#: Where botlxc < 0.3 kept secrets: on the conf mount, where the container can plant links.
+LEGACY_SECRETS = "secrets.env"
+#: The most botlxc reads of any file in a stack: a larger one is not a file botlxc wrote.
+MAX_READ = 64 * 1024
 #: Host certificates copied into containers so HTTPS through an intercepting proxy works.
 HOST_CA_DIR = "/usr/local/share/ca-certificates"
 #: LXD's own id range for containers when root has none: first id, count. newuidmap only
@@ -102,6 +109,24 @@ HOST_CA_DIR = "/usr/local/share/ca-certificates"
 SUBID_DEFAULT = (1000000, 1000000000)
 #: LXD instance names are at most 63 characters (hostname rules).
 MAX_NAME = 63
+#: Seconds a run waits for a lock held by another botlxc run (--wait changes it).
+LOCK_WAIT = 300
+#: Seconds `lxc stop` gives a container's services to shut down cleanly before forcing.
+STOP_TIMEOUT = 120
+#: Inside a container: one install at a time. A run that was killed may have left its install
+#: running in there (lxc exec does not take it down); the next run waits for it, then repairs.
+INSTALL_LOCK = "/run/botlxc-install.lock"
+#: Run inside a container: the install with its output on the logs mount and its stdin
+#: closed, so a vanished botlxc (killed, Ctrl-C) cannot break its pipe mid-dpkg; the tail
+#: comes back on stderr for the error message. A constant script: nothing can be injected.
+INSTALL = ["flock", "-w", "900", INSTALL_LOCK, "sh", "-c",
+           "sh /usr/local/lib/botlxc/install.sh </dev/null >/opt/gbo/logs/install.log 2>&1; "
+           "rc=$?; tail -n 20 /opt/gbo/logs/install.log >&2; exit $rc"]
+#: Run inside a container until its health script passes (at most 90 s), so a runbook
+#: replayed by hand waits the same way; the last answer comes back on stderr when it fails.
+HEALTH_WAIT = ["sh", "-c",
+               "i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); "
+               "[ $i -lt 45 ] || { echo \"$out\" >&2; exit 1; }; sleep 2; done; echo \"$out\""]
 
 # --------------------------------------------------------------------------- 3. errors
 
@@ -129,6 +154,12 @@ class CommandFailed(BotlxcError):
         where = "%s: " % step if step else ""
         super().__init__("%scommand failed (exit %s): %s%s" % (
             where, rc, shlex.join(self.argv), (" -- " + tail) if tail else ""))
+
+
+class Interrupted(BotlxcError):
+    """Ctrl-C (SIGINT): no new command starts; what runs inside a container finishes there."""
+
+    exit_code = 130
 
 
 # --------------------------------------------------------------------------- 4. output
@@ -160,6 +191,11 @@ class Action:
     ok_codes: tuple = (0,)
     #: done in-process (secrets); argv is the botlxc command that does the same by hand
     in_process: bool = False
+
+
+#: Set by the SIGINT handler: the Runner then starts no new command (threads stop at
+#: their next one), and botlxc exits 130.
+INTERRUPTED = threading.Event()
 
 
 class Runner:
@@ -200,8 +236,13 @@ class Runner:
             func()
 
     def _exec(self, argv, input=None, check=True, step=""):
+        if INTERRUPTED.is_set():
+            raise Interrupted("interrupted before: %s" % shlex.join(argv))
         try:
-            proc = subprocess.run(argv, input=input, capture_output=True, text=True)
+            # A session of its own: the terminal's Ctrl-C reaches botlxc only, never an
+            # `lxc exec` that would forward it to apt or initdb inside a container.
+            proc = subprocess.run(argv, input=input, capture_output=True, text=True,
+                                  start_new_session=True)
         except FileNotFoundError:
             raise CommandFailed(argv, 127, "%s: command not found" % argv[0], step) from None
         if check and proc.returncode != 0:
@@ -285,9 +326,20 @@ def lxc_start(runner, name):
     runner.change(["lxc", "start", name], "start " + name, step=name + ": start")
 
 
+def lxc_stop(runner, name):
+    """Stop cleanly (systemd stops the services), forcing only when that times out."""
+    proc = runner.change(["lxc", "stop", name, "--timeout", str(STOP_TIMEOUT)],
+                         "stop %s, its services shut down cleanly" % name, ok_codes=(0, 1),
+                         step=name + ": stop")
+    if proc is not None and proc.returncode != 0:
+        runner.change(["lxc", "stop", name, "--force"],
+                      "%s did not stop in %d s: force it" % (name, STOP_TIMEOUT),
+                      step=name + ": stop")
+
+
 def lxc_delete(runner, name):
-    runner.change(["lxc", "delete", name, "--force"],
-                  "delete instance %s (host dirs stay)" % name, step=name + ": delete")
+    runner.change(["lxc", "delete", name], "delete instance %s (host dirs stay)" % name,
+                  step=name + ": delete")
 
 
 def lxc_exec(runner, name, argv, why=None, input=None, ok_codes=(0,), step=""):
@@ -299,7 +351,11 @@ def lxc_exec(runner, name, argv, why=None, input=None, ok_codes=(0,), step=""):
 
 
 def lxc_file_push(runner, name, dest, mode, why, content=None, source=None):
-    """Push content (via stdin) or a host file to dest inside the instance."""
+    """Push content (via stdin) or a host file to dest inside the instance.
+
+    LXD writes it from inside the container, as the container's root: a link the container
+    planted at dest resolves in the container, never on the host.
+    """
     argv = ["lxc", "file", "push", source or "-", name + dest, "--create-dirs", "--mode", mode]
     runner.change(argv, why, input=content, step=name + ": push " + dest)
 
@@ -427,7 +483,7 @@ COMPONENTS = {
 DEFAULT_COMPONENTS = ("tables", "drive", "cache")
 
 # --------------------------------------------------------------------------- 10. validation
-_TENANT_RE = re.compile(r"^[a-z][a-z0-9-]*$")
+_TENANT_RE = re.compile(r"[a-z][a-z0-9-]*")
 
 
 def validate_tenant(tenant):
@@ -435,7 +491,7 @@ def validate_tenant(tenant):
     limit = MAX_NAME - 1 - longest
     if not tenant:
         raise BadInput("tenant name is empty")
-    if not _TENANT_RE.match(tenant) or tenant.endswith("-") or "--" in tenant:
+    if not _TENANT_RE.fullmatch(tenant) or tenant.endswith("-") or "--" in tenant:
         raise BadInput(
             "invalid tenant name %r: use lowercase letters, digits and single dashes, starting "
             "with a letter and not ending with a dash (it becomes part of LXD instance names)"
@@ -460,7 +516,7 @@ def parse_port_picks(values, components):
     """--port COMPONENT[.NAME]=HOSTPORT -> {(component, port name): host port}."""
     picks = {}
     for value in values:
-        match = re.match(r"^([a-z]+)(?:\.([a-z0-9]+))?=(\d{1,5})$", value)
+        match = re.fullmatch(r"([a-z]+)(?:\.([a-z0-9]+))?=(\d{1,5})", value)
         if not match:
             raise BadInput("invalid --port %r: expected COMPONENT[.NAME]=HOSTPORT, "
                            "e.g. tables=15432 or drive.s3=19000" % value)
@@ -490,11 +546,16 @@ def validate_listen(address):
 
 def validate_image(image):
     """[remote:]alias-or-fingerprint, as LXD spells them; nothing a shell would read."""
-    if image is not None and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._/-]+)?$",
-                                          image):
+    if image is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/-]*(:[A-Za-z0-9._/-]+)?",
+                                              image):
         raise BadInput("invalid --image %r: expected [REMOTE:]ALIAS or a fingerprint, e.g. "
                        "images:debian/12" % image)
     return image
+
+
+def listen_address(address):
+    """An address as LXD's proxy devices and URLs spell it: IPv6 in brackets."""
+    return "[%s]" % address if ipaddress.ip_address(address).version == 6 else address
 
 
 def validate_path(value, what):
@@ -504,7 +565,236 @@ def validate_path(value, what):
     return value
 
 
-# --------------------------------------------------------------------------- 11. host
+def parse_artifacts(values, sums):
+    """--artifact minio=PATH|URL and --sha256 minio=HEX -> {"minio": (source, sha or None)}."""
+    pairs = {}
+    for what, items in (("--artifact", values), ("--sha256", sums)):
+        found = {}
+        for item in items:
+            key, sep, value = item.partition("=")
+            if not sep or key != "minio" or not value:
+                raise BadInput("invalid %s %r: expected minio=VALUE" % (what, item))
+            found[key] = value
+        pairs[what] = found
+    if "minio" not in pairs["--artifact"]:
+        raise BadInput("drive engine minio needs --artifact minio=PATH (or =URL with "
+                       "--sha256 minio=HEX): MinIO ships no binary botlxc could fetch itself")
+    source = pairs["--artifact"]["minio"]
+    sha = pairs["--sha256"].get("minio")
+    if re.match(r"https?://", source) and not sha:
+        raise BadInput("--artifact minio=%s is a URL: give its --sha256 minio=HEX too" % source)
+    if sha and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+        raise BadInput("invalid --sha256 minio=%s: expected 64 hex digits" % sha)
+    if not re.match(r"https?://", source) and not Path(source).is_file():
+        raise BadInput("artifact %s does not exist" % source)
+    return {"minio": (source, sha.lower() if sha else None)}
+
+
+# --------------------------------------------------------------------------- 11. host files
+# botlxc runs as root; every dir it mounts into a container is written by that container's
+# root. The rules, held here: a stack path has no link in it and no dir another user could
+# change; host code touches only the host's own entries of a stack (the stack and component
+# dirs themselves, <stack>/.botlxc, <stack>/.env) and never follows a link; every read is
+# bounded and validated before use. What lies in data/conf/logs is the container's.
+
+
+def _writable_by_others(st):
+    """Writable by a user other than root and botlxc's own (group root counts as root)."""
+    return bool(st.st_mode & 0o002) or (bool(st.st_mode & 0o020) and st.st_gid != 0)
+
+
+def _trusted_owner(st):
+    return st.st_uid in (0, os.geteuid())
+
+
+def lstat_or_none(path):
+    try:
+        return os.lstat(str(path))
+    except FileNotFoundError:
+        return None
+
+
+def check_host_path(path, what="stack dir"):
+    """Refuse a path someone else could redirect: a link in it, or a dir they may change.
+
+    A sticky dir such as /tmp is accepted above a dir that exists and is root's; a dir still
+    to be created there could be planted by anyone first.
+    """
+    path = Path(os.path.abspath(str(path)))
+    current = Path("/")
+    parent_st = os.lstat("/")
+    for part in path.parts[1:]:
+        current = current / part
+        st = lstat_or_none(current)
+        if _writable_by_others(parent_st) and not (
+                parent_st.st_mode & stat.S_ISVTX and st is not None
+                and stat.S_ISDIR(st.st_mode) and _trusted_owner(st)):
+            raise BadInput("refusing %s %s: %s can be written by other users, who could plant "
+                           "a link there; use a dir only root can write (e.g. under /srv)"
+                           % (what, path, current.parent))
+        if st is None:
+            return path  # created by botlxc below a dir only root can change
+        if stat.S_ISLNK(st.st_mode):
+            raise BadInput("refusing %s %s: %s is a symbolic link; give the real path %s"
+                           % (what, path, current, os.path.realpath(str(current))))
+        if not stat.S_ISDIR(st.st_mode):
+            raise BadInput("refusing %s %s: %s is not a directory" % (what, path, current))
+        if not _trusted_owner(st):
+            raise BadInput("refusing %s %s: %s belongs to uid %d, who could swap what is in "
+                           "it; chown it to root or use another dir"
+                           % (what, path, current, st.st_uid))
+        parent_st = st
+    if _writable_by_others(parent_st):
+        raise BadInput("refusing %s %s: other users can write it" % (what, path))
+    return path
+
+
+def check_stack_entries(stack, components):
+    """The host's entries inside a stack are what botlxc made: real dirs and files, no links.
+
+    (A link there was planted: nobody but root can write the stack and component dirs.)
+    """
+    entries = [(stack / STATE_DIR, stat.S_ISDIR, True), (stack / ".env", stat.S_ISREG, True)]
+    for comp in components:
+        entries.append((stack / comp, stat.S_ISDIR, True))
+        entries += [(stack / comp / which, stat.S_ISDIR, False) for which in HOST_DIRS]
+    for path, right_type, hosts_own in entries:
+        st = lstat_or_none(path)
+        if st is None:
+            continue
+        if stat.S_ISLNK(st.st_mode) or not right_type(st.st_mode):
+            raise BadInput("refusing stack %s: %s is %s, not what botlxc made; move it away "
+                           "and run again" % (stack, path, "a symbolic link"
+                                              if stat.S_ISLNK(st.st_mode) else "of another type"))
+        if hosts_own and (not _trusted_owner(st) or _writable_by_others(st)):
+            raise BadInput("refusing stack %s: %s must be root's and writable by root only"
+                           % (stack, path))
+
+
+def read_file(path, limit=MAX_READ):
+    """A regular file's text, never through a link, at most `limit` bytes; None if missing."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: the last component is a link
+        raise BotlxcError("refusing to read %s: %s" % (path, "it is a symbolic link"
+                          if exc.errno == errno.ELOOP else exc.strerror)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BotlxcError("refusing to read %s: not a regular file" % path)
+        chunks, size = [], 0
+        while size <= limit:
+            chunk = os.read(fd, limit + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise BotlxcError("refusing to read %s: larger than %d bytes" % (path, limit))
+    try:
+        return b"".join(chunks).decode("utf-8")
+    except UnicodeDecodeError:
+        raise BotlxcError("refusing to read %s: not UTF-8 text" % path) from None
+
+
+def open_dir(path):
+    """An fd of the dir itself, never of what a link there points to."""
+    return os.open(str(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def private_dir(path):
+    """A 0700 dir of botlxc's own (created if missing), never a link; returns its fd."""
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(str(path), 0o700)
+    fd = open_dir(path)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        raise BotlxcError("refusing %s: it must be a dir of uid %d with mode 0700 (found uid "
+                          "%d, mode %o)" % (path, os.geteuid(), st.st_uid,
+                                            stat.S_IMODE(st.st_mode)))
+    return fd
+
+
+def write_private(path, text):
+    """Write a 0600 file atomically (a checked host dir); never through a link."""
+    dir_fd = open_dir(path.parent)
+    tmp = ".%s.%d.tmp" % (path.name, os.getpid())
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp, dir_fd=dir_fd)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600, dir_fd=dir_fd)
+        try:
+            data = text.encode()
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class Lock:
+    """An flock in a root-only dir, opened without following links.
+
+    The holder writes its pid and command into the file, so a waiting run can say who it
+    waits for. The kernel drops the lock when its holder dies: no stale locks.
+    """
+
+    def __init__(self, run_dir, name, wait=LOCK_WAIT):
+        self.run_dir, self.name, self.wait, self.fd = Path(run_dir), name, wait, None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+    def acquire(self):
+        dir_fd = private_dir(self.run_dir)
+        try:
+            fd = os.open(self.name + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        deadline = time.monotonic() + self.wait
+        told = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another run"
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise BotlxcError("the %s lock is still held by %s after %d s (%s); try "
+                                      "again later, or wait longer with --wait SECONDS"
+                                      % (self.name, holder, self.wait,
+                                         self.run_dir / (self.name + ".lock"))) from None
+                if not told:
+                    say("waiting for the %s lock, held by %s (up to %d s)"
+                        % (self.name, holder, self.wait))
+                    told = True
+                time.sleep(0.5)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, ("pid %d: %s\n" % (os.getpid(), shlex.join(
+            ["botlxc", *sys.argv[1:]]))).encode(), 0)
+        self.fd = fd
+
+    def release(self):
+        if self.fd is not None:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+
+# --------------------------------------------------------------------------- 12. host
 
 
 def read_apt_mirrors(root="/"):
@@ -551,11 +841,10 @@ def pip_index_url():
         with contextlib.suppress(OSError):
             for line in Path(path).read_text().splitlines():
                 key, _, value = line.partition("=")
-                if key.strip() == "index-url" and value.strip().startswith(("http://",
-                                                                           "https://")):
+                if key.strip() == "index-url" and re.fullmatch(r"https?://\S+", value.strip()):
                     return value.strip()
     from_env = os.environ.get("PIP_INDEX_URL", "")
-    return from_env if from_env.startswith(("http://", "https://")) else ""
+    return from_env if re.fullmatch(r"https?://\S+", from_env) else ""
 
 
 def host_routes(runner):
@@ -613,16 +902,20 @@ def btrfs_usable():
     return kernel_has_btrfs() and bool(shutil.which("mkfs.btrfs"))
 
 
-def host_listen_ports():
-    """TCP ports something listens on in the host's network namespace."""
-    ports = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if len(fields) > 3 and fields[3] == "0A":  # 0A = LISTEN
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return frozenset(ports)
+def host_listeners(runner):
+    """{port: who} for every TCP listener on the host, read when it is needed (under the
+    host lock, so two runs never pick the same free port)."""
+    proc = runner.read(["ss", "-Htlnp"], step="read host listeners")
+    found = {}
+    for line in proc.stdout.splitlines():
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        with contextlib.suppress(ValueError):
+            port = int(fields[3].rsplit(":", 1)[1])
+            who = re.search(r'\(\("([^"]+)",pid=(\d+)', line)
+            found.setdefault(port, "%s (pid %s)" % who.groups() if who else "a host process")
+    return found
 
 
 def host_ca_files():
@@ -648,7 +941,9 @@ class HostFacts:
     mirrors: dict = dataclasses.field(default_factory=lambda: {"debian": None, "security": None})
     pip_index_url: str = ""
     ca_files: tuple = ()
-    listening: frozenset = frozenset()
+    #: root-only runtime dir (locks) and cache dir (image build, artifacts)
+    run_dir: str = "/run/botlxc"
+    cache_dir: str = "/var/cache/botlxc"
 
 
 def read_host_facts():
@@ -658,8 +953,8 @@ def read_host_facts():
         debian=Path("/etc/debian_version").exists(),
         systemd=Path("/run/systemd/system").is_dir(), btrfs=btrfs_usable(),
         subuid_base=subid_base(),
-        subids=None not in (root_subid("/etc/subuid"), root_subid("/etc/subgid")), mirrors=read_apt_mirrors(), pip_index_url=pip_index_url(),
-        ca_files=host_ca_files(), listening=host_listen_ports())
+        subids=None not in (root_subid("/etc/subuid"), root_subid("/etc/subgid")),
+        mirrors=read_apt_mirrors(), pip_index_url=pip_index_url(), ca_files=host_ca_files())
 
 
 def observe_host(runner, facts):
@@ -702,7 +997,9 @@ def ensure_subids(runner, world, facts):
         return
     first, count = SUBID_DEFAULT
     span = "%d-%d" % (first, first + count - 1)
-    runner.change(["usermod", "--add-subuids", span, "--add-subgids", span, "root"],
+    # Checked again when it runs: the lxd package (installed just before) may add one.
+    runner.change(["sh", "-c", "grep -qs '^root:' /etc/subuid && grep -qs '^root:' /etc/subgid"
+                   " || usermod --add-subuids %s --add-subgids %s root" % (span, span)],
                   "id range for unprivileged containers (/etc/subuid, /etc/subgid)",
                   step="host id ranges")
     if world["daemon"]:
@@ -771,7 +1068,7 @@ def build_image_actions(runner, facts):
     if not mirrors["debian"]:
         raise BotlxcError("cannot build the Debian 12 image: no bookworm mirror in the host's "
                           "apt sources; pass --image with an image LXD can use")
-    build = IMAGE_BUILD_DIR
+    build = facts.cache_dir + "/image-build"
     rootfs = build + "/rootfs"
     step = "build image"
     runner.change(["rm", "-rf", build], "start the image build from a clean folder", step=step)
@@ -832,7 +1129,62 @@ def ensure_image(runner, facts, world, requested=None):
     return LOCAL_IMAGE
 
 
-# --------------------------------------------------------------------------- 12. tenant steps
+def file_sha256(path):
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def fetch_artifact(runner, facts, source, sha256):
+    """(path, sha256) of an engine binary: a local file, or a URL cached under its sum.
+
+    A download goes to a file of this run's own and becomes the cached file only once its
+    sum matches; a dry run downloads nothing (the runbook shows the same steps).
+    """
+    if not re.match(r"https?://", source):
+        path = Path(source)
+        if not path.is_file():
+            raise BadInput("artifact %s does not exist" % source)
+        actual = file_sha256(path)
+        if sha256 and actual != sha256:
+            raise BotlxcError("artifact %s: sha256 mismatch: expected %s, got %s; refusing to "
+                              "install it" % (source, sha256, actual))
+        return path, actual
+    cache = Path(facts.cache_dir) / "artifacts"
+    target = cache / ("%s-%s" % (sha256[:16], re.sub(r"[^A-Za-z0-9._-]", "_", source.rstrip(
+        "/").rsplit("/", 1)[-1]) or "artifact"))
+    if target.is_file() and not target.is_symlink() and file_sha256(target) == sha256:
+        return target, sha256
+    part = target.with_name("%s.%d.part" % (target.name, os.getpid()))
+
+    def download():
+        say("artifact: downloading %s" % source)
+        try:
+            with urllib.request.urlopen(source, timeout=60) as resp, \
+                    open(part, "xb") as out:
+                shutil.copyfileobj(resp, out)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                part.unlink()
+            raise BotlxcError("artifact: download of %s failed: %s" % (source, exc)) from None
+        actual = file_sha256(part)
+        if actual != sha256:
+            part.unlink()
+            raise BotlxcError("artifact %s: sha256 mismatch: expected %s, got %s; refusing to "
+                              "install it" % (source, sha256, actual))
+        os.replace(part, target)
+
+    runner.change(["install", "-d", "-m", "0700", str(cache)], "artifact cache (root only)",
+                  step="artifact")
+    runner.local(["sh", "-c", 'curl -fsSL -o "$1" "$2" && echo "$3  $1" | sha256sum -c - && '
+                  'mv "$1" "$4"', "sh", str(part), source, sha256, str(target)],
+                 "download %s and check its sha256" % source, download)
+    return target, sha256
+
+
+# --------------------------------------------------------------------------- 13. tenant steps
 
 
 @dataclasses.dataclass
@@ -848,6 +1200,7 @@ class Spec:
     listen: str = "127.0.0.1"
     port_picks: dict = dataclasses.field(default_factory=dict)
     engine: str = "rclone"
+    #: {"minio": (source, sha256 or None)} as asked; up() turns it into (path, sha256)
     artifacts: dict = dataclasses.field(default_factory=dict)
     services: bool = True
     jobs: int = 3
@@ -871,14 +1224,23 @@ def labels(inst):
 
 
 def observe_tenant(runner, tenant):
-    """One `lxc list` snapshot: the tenant's instances by component, and every instance."""
+    """One `lxc list` snapshot: the tenant's instances by component, and every instance.
+
+    An instance is the tenant's only when its exact name is {tenant}-{component} AND its
+    labels say so: `lxc copy` keeps the labels, so a copy is listed as foreign and never
+    touched.
+    """
     everything = lxc_list(runner)
-    mine = {}
+    mine, foreign = {}, []
     for inst in everything:
         lab = labels(inst)
-        if lab.get("tenant") == tenant:
-            mine[lab.get("component")] = inst
-    return {"all": everything, "mine": mine}
+        if lab.get("tenant") != tenant:
+            continue
+        if inst.get("name") == "%s-%s" % (tenant, lab.get("component")):
+            mine[lab["component"]] = inst
+        else:
+            foreign.append(inst)
+    return {"all": everything, "mine": mine, "foreign": foreign}
 
 
 def proxy_ports(inst):
@@ -905,24 +1267,51 @@ def existing_ports(spec, snapshot):
     return found
 
 
-def allocate_ports(spec, snapshot, listening):
-    """Host ports for each (component, port name); taken ports are detected, not collided."""
-    taken = set(listening)
+def pinned_ports(inst):
+    """Port names the user picked with --port for this instance (kept, never moved)."""
+    return set(labels(inst or {}).get("pinned", "").split(",")) - {""}
+
+
+def allocate_ports(spec, snapshot, listeners):
+    """Host ports for each (component, port name): kept, picked, or the first free one.
+
+    A port botlxc chose that someone else holds now (another instance's proxy, or a host
+    listener while this tenant's container is stopped) is chosen again; a pinned one is an
+    error naming the holder. Runs under the host lock, with listeners read under it too.
+    """
+    ours = {inst["name"] for inst in snapshot["mine"].values()}
+    elsewhere = {}
     for inst in snapshot["all"]:
-        taken.update(lp for lp, _ in proxy_ports(inst).values())
-    kept = {k: v for k, v in existing_ports(spec, snapshot).items() if k[0] in spec.components}
+        if inst["name"] not in ours:
+            for listen_port, _ in proxy_ports(inst).values():
+                elsewhere.setdefault(listen_port, "instance " + inst["name"])
+    taken = set(listeners) | set(elsewhere) | {
+        lp for inst in snapshot["mine"].values() for lp, _ in proxy_ports(inst).values()}
+    existing = existing_ports(spec, snapshot)
     allocated = {}
     # Kept ports and explicit picks first, so a pick wins over another port's default.
     for comp in spec.components:
+        inst = snapshot["mine"].get(comp)
+        running = (inst or {}).get("status") == "Running"
         for port in COMPONENTS[comp].ports_for(spec.engine_of(comp)):
             key = (comp, port.name)
-            pick = spec.port_picks.get(key)
-            if key in kept and pick in (None, kept[key]):
-                allocated[key] = kept[key]
+            pick, kept = spec.port_picks.get(key), existing.get(key)
+            if kept is not None and pick in (None, kept):
+                holder = elsewhere.get(kept) or (None if running else listeners.get(kept))
+                if holder is None:
+                    allocated[key] = kept
+                    continue
+                if pick is not None or port.name in pinned_ports(inst):
+                    raise BotlxcError("port %d, picked for %s.%s, is held by %s; free it or "
+                                      "pick another with --port %s.%s=PORT"
+                                      % (kept, comp, port.name, holder, comp, port.name))
+                say("ports: %d (%s.%s) is held by %s now; choosing another"
+                    % (kept, comp, port.name, holder))
             elif pick is not None:
                 if pick in taken or pick in allocated.values():
-                    raise BadInput("port %d for %s.%s is already in use on this host"
-                                   % (pick, comp, port.name))
+                    raise BadInput("port %d for %s.%s is already in use on this host (%s)"
+                                   % (pick, comp, port.name, elsewhere.get(pick) or listeners.get(
+                                       pick) or "this tenant"))
                 allocated[key] = pick
     for comp in spec.components:
         for port in COMPONENTS[comp].ports_for(spec.engine_of(comp)):
@@ -960,20 +1349,61 @@ def host_dir(spec, component, which=None):
     return base / which if which else base
 
 
+def resolve_stack(spec, snapshot):
+    """The tenant's stack root: as recorded on its instances, unless --stack-dir says so.
+
+    Made absolute without resolving links: a link in the path is refused, not followed.
+    """
+    recorded = {labels(i).get("stack") for i in snapshot["mine"].values()} - {None}
+    if len(recorded) == 1:
+        old = Path(recorded.pop())
+        if spec.stack is None:
+            return old
+        if Path(os.path.abspath(str(spec.stack))) != old:
+            raise BadInput("tenant %s keeps its data in %s; --stack-dir %s differs (move the "
+                           "data first, or omit --stack-dir)" % (spec.tenant, old, spec.stack))
+    return Path(os.path.abspath(str(spec.stack or default_stack(spec.tenant))))
+
+
+def ensure_stack(runner, spec, snapshot):
+    """The stack is safe to use as root and is this tenant's alone; a marker says whose."""
+    check_host_path(spec.stack)
+    check_stack_entries(spec.stack, COMPONENTS)
+    state = spec.stack / STATE_DIR
+    owner = (read_file(state / "tenant", 256) or "").strip() or None
+    if owner is not None and owner != spec.tenant:
+        raise BadInput("stack %s belongs to tenant %s (%s); give tenant %s its own --stack-dir"
+                       % (spec.stack, owner, state / "tenant", spec.tenant))
+    others = sorted({labels(i).get("tenant") for i in snapshot["all"]
+                     if labels(i).get("stack") == str(spec.stack)} - {spec.tenant, None})
+    if others:
+        raise BadInput("stack %s is in use by tenant %s; give tenant %s its own --stack-dir"
+                       % (spec.stack, ", ".join(others), spec.tenant))
+    if owner is None:
+        step = spec.tenant + ": stack"
+        runner.change(["install", "-d", "-m", "0700", str(state)],
+                      "root-only state dir of the stack (no container mounts it)", step=step)
+        runner.change(["install", "-m", "0600", "/dev/stdin", str(state / "tenant")],
+                      "this stack belongs to tenant %s" % spec.tenant, input=spec.tenant + "\n",
+                      step=step)
+
+
 def ensure_host_dirs(runner, spec, component, owner):
     """<stack>/<component>/{data,conf,logs}, owned by the container's root before mounting."""
     dirs = [host_dir(spec, component, d) for d in HOST_DIRS]
-    missing = [str(d) for d in dirs if not d.is_dir()]
+    found = {d: lstat_or_none(d) for d in dirs}
+    missing = [str(d) for d, st in found.items() if st is None]
     if missing:
         runner.change(["mkdir", "-p", *missing], "host dirs for %s" % component,
                       step=spec.name(component) + ": host dirs")
     # A dir owned by a host id below the container's range is invisible-as-root inside;
     # ids inside the range are the services' own (postgres, valkey): leave those alone.
-    wrong = [str(d) for d in dirs if str(d) in missing or d.stat().st_uid < owner
-             or d.stat().st_gid < owner]
+    wrong = [str(d) for d, st in found.items()
+             if st is None or st.st_uid < owner or st.st_gid < owner]
     if wrong:
-        # Only the top dirs: the services inside own what they create below them.
-        runner.change(["chown", "%d:%d" % (owner, owner), *wrong],
+        # Only the top dirs (the services inside own what they create below them), and
+        # never through a link.
+        runner.change(["chown", "--no-dereference", "%d:%d" % (owner, owner), *wrong],
                       "owned by the container's root (host uid %d)" % owner,
                       step=spec.name(component) + ": host dirs")
 
@@ -986,7 +1416,7 @@ def wanted_devices(spec, component, ports):
     for port in COMPONENTS[component].ports_for(spec.engine_of(component)):
         host_port = ports[(component, port.name)]
         devices["port-%d" % host_port] = {
-            "type": "proxy", "listen": "tcp:%s:%d" % (spec.listen, host_port),
+            "type": "proxy", "listen": "tcp:%s:%d" % (listen_address(spec.listen), host_port),
             "connect": "tcp:127.0.0.1:%d" % port.port}
     return devices
 
@@ -1013,6 +1443,14 @@ def ensure_devices(runner, spec, component, inst, ports):
     for device, props in have.items():
         if props.get("type") == "proxy" and device.startswith("port-") and device not in wanted:
             lxc_device_remove(runner, name, device, "port %s no longer used" % device)
+
+
+def ensure_config(runner, name, inst, wanted):
+    """Set the instance config keys whose value differs from what is wanted."""
+    have = (inst or {}).get("config") or {}
+    for key, value in wanted.items():
+        if have.get(key, "") != value:
+            lxc_config_set(runner, name, key, value, "%s = %s" % (key, value or "(none)"))
 
 
 def digest(*parts):
@@ -1052,19 +1490,30 @@ def ensure_host_ca(runner, spec, name, inst):
     lxc_config_set(runner, name, LABEL + "host-ca", want, "remember which host CAs are in")
 
 
-def ensure_instance(runner, spec, component, inst, ports, image):
-    """The container with its labels, host dirs, mounts and ports, running and booted."""
+def create_instance(runner, spec, component, inst, ports, image):
+    """The container with its labels, mounts and proxy devices (the devices reserve the
+    ports, so this runs under the host lock)."""
     name = spec.name(component)
+    pinned = ",".join(sorted(
+        {p for (c, p) in spec.port_picks if c == component} | pinned_ports(inst)))
     if inst is None:
         config = {"security.privileged": "true" if spec.privileged else "false",
                   LABEL + "tenant": spec.tenant, LABEL + "component": component,
                   LABEL + "version": VERSION, LABEL + "stack": str(spec.stack)}
         if component == "drive":
             config[LABEL + "engine"] = spec.engine
+        if pinned:
+            config[LABEL + "pinned"] = pinned
         lxc_init(runner, image, name, config)
+    else:
+        ensure_config(runner, name, inst, {LABEL + "pinned": pinned} if pinned else {})
     ensure_devices(runner, spec, component, inst, ports)
-    fresh = inst is None or inst.get("status") != "Running"
-    if fresh:
+
+
+def start_instance(runner, spec, component, inst):
+    """Running and booted, with the host's CA certificates in."""
+    name = spec.name(component)
+    if inst is None or inst.get("status") != "Running":
         lxc_start(runner, name)
         wait_ready(runner, name)
     ensure_host_ca(runner, spec, name, inst)
@@ -1072,20 +1521,46 @@ def ensure_instance(runner, spec, component, inst, ports, image):
 
 
 # ---- secrets and the stack's .env
+# The host owns the master copy of each component's secrets, 0600 in the stack's root-only
+# state dir; it is pushed into the container's own filesystem (never onto a mount). A
+# container can change its copy, and so only itself.
+
+#: What a secret botlxc generated looks like; anything else read back is not used.
+_SECRET_RE = re.compile(r"[A-Za-z0-9]{16,128}")
 
 
-def secrets_path(spec, component):
-    return host_dir(spec, component, "conf") / SECRETS_FILE
+def secrets_master(spec, component):
+    return spec.stack / STATE_DIR / "secrets" / (component + ".env")
 
 
-def read_env_file(path):
-    values = {}
-    with contextlib.suppress(FileNotFoundError):
-        for line in path.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep and not key.startswith("#"):
-                values[key.strip()] = value.strip()
-    return values
+def parse_secrets(text, keys):
+    """{key: value} for the wanted keys whose value has the shape of a generated secret."""
+    found = {}
+    for line in (text or "").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key in keys and _SECRET_RE.fullmatch(value):
+            found[key] = value
+    return found
+
+
+def legacy_secrets(spec, component):
+    """Secrets botlxc < 0.3 kept on the conf mount: the container's territory, so read as
+    untrusted input (no link, bounded, validated). Anything odd: new secrets, applied."""
+    path = host_dir(spec, component, "conf") / LEGACY_SECRETS
+    try:
+        text = read_file(path, 4096)
+    except BotlxcError as exc:
+        say("%s: ignoring %s; new secrets are generated" % (spec.name(component), exc))
+        return {}
+    return parse_secrets(text, COMPONENTS[component].secrets)
+
+
+def secrets_text(values, pip_index):
+    """The file a container gets: its secrets, and the pip index (it may hold credentials)."""
+    lines = ["%s=%s" % item for item in values.items()]
+    if pip_index:
+        lines.append("PIP_INDEX_URL=" + pip_index)
+    return "\n".join(lines) + "\n"
 
 
 def new_secret(length=32):
@@ -1093,69 +1568,75 @@ def new_secret(length=32):
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
-def write_private(path, text, owner):
-    """Write a 0600 file atomically; never through argv or a runbook."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name("." + path.name + ".tmp")
-    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fchmod(fd, 0o600)
-        if os.geteuid() == 0:
-            os.fchown(fd, owner, owner)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def stack_env(spec, ports, values_by_component):
-    lines = ["# BotServer settings for tenant %s, written by botlxc (keep private)" % spec.tenant]
+def env_lines(spec, ports, values_by_component):
+    """The stack's .env lines botlxc owns, for the components it has secrets of."""
     address = ipaddress.ip_address(spec.listen)
     # BotServer connects where the ports listen; a wildcard listen is reached via loopback.
-    host = "127.0.0.1" if address.is_unspecified else (
-        "[%s]" % address if address.version == 6 else str(address))
+    host = "127.0.0.1" if address.is_unspecified else listen_address(spec.listen)
+    lines = []
     for comp in (c for c in COMPONENTS if c in values_by_component):
         fields = dict(values_by_component[comp], host=host)
         fields.update({"port_" + pname: hp for (c, pname), hp in ports.items() if c == comp})
         lines += [line.format(**fields) for line in COMPONENTS[comp].env]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
-def ensure_secrets(runner, spec, ports, owners, self_argv):
-    """Generate each component's secrets once; keep them; write the stack's .env from them."""
+def merge_env(old, tenant, lines):
+    """botlxc's keys replaced where they stand, missing ones appended, all else kept (a
+    BotServer checkout's own .env keeps its other settings)."""
+    if old is None:
+        old = "# BotServer settings for tenant %s, written by botlxc (keep private)\n" % tenant
+    ours = {line.partition("=")[0]: line for line in lines}
+    kept, seen = [], set()
+    for line in old.splitlines():
+        key = line.partition("=")[0].strip()
+        if key in ours:
+            if key not in seen:
+                kept.append(ours[key])
+            seen.add(key)
+        else:
+            kept.append(line)
+    kept += [line for key, line in ours.items() if key not in seen]
+    return "\n".join(kept) + "\n"
+
+
+def ensure_secrets(runner, spec, ports, shown_argv):
+    """Generate each component's secrets once; keep them; bring .env up to date."""
     values, to_write = {}, {}
     for comp in spec.components:
-        current = read_env_file(secrets_path(spec, comp))
-        wanted = {key: current.get(key) or new_secret(20 if key.endswith("ACCESSKEY") else 32)
-                  for key in COMPONENTS[comp].secrets}
-        values[comp] = wanted
-        if any(current.get(k) != v for k, v in wanted.items()):
-            to_write[comp] = wanted
-    # Components this run does not touch stay in .env (a partial up must not drop them).
+        keys = COMPONENTS[comp].secrets
+        current = parse_secrets(read_file(secrets_master(spec, comp)), keys)
+        if set(current) != set(keys):
+            current = {**legacy_secrets(spec, comp), **current}
+        values[comp] = {key: current.get(key) or new_secret(
+            20 if key.endswith("ACCESSKEY") else 32) for key in keys}
+        text = secrets_text(values[comp], spec.host.pip_index_url)
+        if read_file(secrets_master(spec, comp)) != text:
+            to_write[comp] = text
+    # Components this run does not touch keep their .env lines (from their own secrets).
     for comp in (c for c in COMPONENTS if c not in values):
-        current = read_env_file(secrets_path(spec, comp))
-        needed = {(comp, p.name) for p in COMPONENTS[comp].ports[:1]}
-        if current and needed <= set(ports):
+        current = parse_secrets(read_file(secrets_master(spec, comp)), COMPONENTS[comp].secrets)
+        if current and {(comp, p.name) for p in COMPONENTS[comp].ports[:1]} <= set(ports):
             values[comp] = current
     env_path = spec.stack / ".env"
-    env_text = stack_env(spec, ports, values)
-    env_stale = not env_path.is_file() or env_path.read_text() != env_text \
-        or (env_path.stat().st_mode & 0o777) != 0o600
-    if not to_write and not env_stale:
+    old_env = read_file(env_path)
+    env_text = merge_env(old_env, spec.tenant, env_lines(spec, ports, values))
+    if not to_write and old_env == env_text and stat.S_IMODE(os.lstat(env_path).st_mode) == 0o600:
         return
 
     def write_all():
-        for comp, wanted in to_write.items():
-            text = "".join("%s=%s\n" % kv for kv in wanted.items())
-            write_private(secrets_path(spec, comp), text, owners[comp])
-        write_private(env_path, env_text, 0)
+        os.close(private_dir(spec.stack / STATE_DIR))
+        os.close(private_dir(spec.stack / STATE_DIR / "secrets"))
+        for comp, text in to_write.items():
+            write_private(secrets_master(spec, comp), text)
+        write_private(env_path, env_text)
 
-    shown = self_argv + ["secrets", "--tenant", spec.tenant, "--stack-dir", str(spec.stack),
-                         "--listen", spec.listen]
+    shown = shown_argv + ["secrets", "--tenant", spec.tenant, "--stack-dir", str(spec.stack),
+                          "--listen", spec.listen]
     for (comp, pname), port in sorted(ports.items()):
         shown += ["--port", "%s.%s=%d" % (comp, pname, port)]
-    runner.local(shown, "generate missing secrets (0600, never shown) and write %s" % env_path,
-                 write_all)
+    runner.local(shown, "generate missing secrets (0600, never shown) and bring %s up to date"
+                 % env_path, write_all)
 
 
 # ---- services inside
@@ -1166,83 +1647,18 @@ def render_files(spec, component):
     comp = COMPONENTS[component]
     engine = spec.engine_of(component)
     ctx = {"tenant": spec.tenant, "component": component, "engine": engine,
-           "ports": {p.name: p.port for p in comp.ports_for(engine)},
-           "pip_index_url": spec.host.pip_index_url}
+           "ports": {p.name: p.port for p in comp.ports_for(engine)}, "secrets_in": SECRETS_IN}
     return [(dest, mode, render(template if "/" in template else
                                 "components/%s/%s" % (component, template), **ctx))
             for template, dest, mode in comp.files]
 
 
-def fetch_artifact(source, sha256):
-    """A local path or an http(s) URL, checked against sha256 when one is given."""
-    if re.match(r"^https?://", source):
-        cache = Path(ARTIFACT_CACHE)
-        try:
-            cache.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise BotlxcError("artifact: cannot create %s: %s" % (cache, exc.strerror)) from None
-        target = cache / ("%s-%s" % (hashlib.sha256(source.encode()).hexdigest()[:12],
-                                     source.rstrip("/").rsplit("/", 1)[-1] or "artifact"))
-        if not target.is_file() or file_sha256(target) != sha256:
-            say("artifact: downloading %s" % source)
-            tmp = target.with_suffix(".part")
-            try:
-                with urllib.request.urlopen(source, timeout=60) as resp, open(tmp, "wb") as out:
-                    shutil.copyfileobj(resp, out)
-            except OSError as exc:
-                raise BotlxcError("artifact: download of %s failed: %s" % (source, exc)) from None
-            os.replace(tmp, target)
-        path = target
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise BadInput("artifact %s does not exist" % source)
-    actual = file_sha256(path)
-    if sha256 and actual != sha256.lower():
-        raise BotlxcError("artifact %s: sha256 mismatch: expected %s, got %s; refusing to "
-                          "install it" % (source, sha256, actual))
-    return path, actual
-
-
-def file_sha256(path):
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 @FLAKY
-def run_install(runner, name):
+def run_install(runner, spec, name, component):
     # The script is idempotent, so a retry after a mirror hiccup simply runs it again.
-    lxc_exec(runner, name, ["sh", LIB_DIR + "/install.sh"],
-             why="install and start the service in %s" % name, step=name + ": install")
-
-
-def ensure_service(runner, spec, component, inst):
-    """Render, push and run the component's install script when what it installs changed."""
-    name = spec.name(component)
-    files = render_files(spec, component)
-    binary = None
-    if spec.engine_of(component) == "minio":
-        if "minio" not in spec.artifacts:
-            raise BadInput("drive engine minio needs --artifact minio=PATH or "
-                           "--artifact minio=URL --sha256 minio=HEX")
-        binary = spec.artifacts["minio"]
-    want = digest(*[part for f in files for part in f], binary[1] if binary else "")
-    if labels(inst or {}).get("installed") == want:
-        return False
-    for dest, mode, content in files:
-        lxc_file_push(runner, name, dest, mode, "%s: %s" % (component, dest), content=content)
-    if binary:
-        lxc_file_push(runner, name, "/usr/local/bin/minio", "0755",
-                      "MinIO server binary (sha256 %s)" % binary[1], source=str(binary[0]))
-    if not runner.dry_run:
-        say("%-16s installing %s" % (name, COMPONENTS[component].summary))
-    run_install(runner, name)
-    lxc_config_set(runner, name, LABEL + "installed", want,
-                   "remember what is installed (skips the install next time)")
-    return True
+    lxc_exec(runner, name, INSTALL, why="install and start the service in %s" % name,
+             step="%s: install (log: %s)" % (name, host_dir(spec, component, "logs")
+                                             / "install.log"))
 
 
 def health(runner, name):
@@ -1252,38 +1668,53 @@ def health(runner, name):
     return proc.returncode == 0, (text[-1] if text else "exit %d" % proc.returncode)
 
 
-def wait_healthy(runner, name, seconds=90):
-    deadline = time.monotonic() + seconds
-    while True:
+def ensure_service(runner, spec, component, inst):
+    """Install, repair, or leave alone: skipped only when what is installed is what is
+    wanted (a digest of the files, binary and secrets) AND the service answers.
+
+    The installed label is set only after health passes, so an interrupted or failed run
+    is redone by the next one.
+    """
+    name = spec.name(component)
+    files = render_files(spec, component)
+    binary = spec.artifacts.get("minio") if spec.engine_of(component) == "minio" else None
+    if spec.engine_of(component) == "minio" and binary is None:
+        raise BadInput("drive engine minio needs --artifact minio=PATH or "
+                       "--artifact minio=URL --sha256 minio=HEX")
+    master = secrets_master(spec, component)
+    want = digest(*[part for f in files for part in f], binary[1] if binary else "",
+                  read_file(master) or "")
+    if labels(inst or {}).get("installed") == want:
         ok, message = health(runner, name)
-        if ok or time.monotonic() > deadline:
-            return ok, message
-        time.sleep(2)
+        if ok:
+            return False
+        say("%-16s unhealthy (%s): repairing" % (name, message))
+    if (inst or {}).get("status") == "Running":
+        lxc_exec(runner, name, ["flock", "-w", "900", INSTALL_LOCK, "true"],
+                 why="let an install that an interrupted run left in %s finish" % name,
+                 step=name + ": wait for an earlier install")
+    lxc_file_push(runner, name, SECRETS_IN, "0600", "%s: secrets from the host's copy" % component,
+                  source=str(master))
+    for dest, mode, content in files:
+        lxc_file_push(runner, name, dest, mode, "%s: %s" % (component, dest), content=content)
+    if binary:
+        lxc_file_push(runner, name, "/usr/local/bin/minio", "0755",
+                      "MinIO server binary (sha256 %s)" % binary[1], source=str(binary[0]))
+    say("%-16s installing %s" % (name, COMPONENTS[component].summary))
+    run_install(runner, spec, name, component)
+    try:
+        lxc_exec(runner, name, HEALTH_WAIT, why="wait until %s answers its health check" % name,
+                 step=name + ": health")
+    except CommandFailed as exc:
+        raise BotlxcError("%s: unhealthy after install: %s (see: lxc exec %s -- journalctl -u "
+                          "%s)" % (name, exc.stderr.strip().splitlines()[-1] if exc.stderr.strip()
+                                   else "exit %s" % exc.rc, name, component)) from None
+    lxc_config_set(runner, name, LABEL + "installed", want,
+                   "remember what is installed and healthy (skips the install next time)")
+    return True
 
 
 # ---- whole-tenant operations
-
-
-@contextlib.contextmanager
-def tenant_lock(tenant, wait=600):
-    """One run per tenant at a time; a second run waits, then fails clearly."""
-    base = Path("/run/lock") if Path("/run/lock").is_dir() else Path("/tmp")
-    path = base / ("botlxc-%s.lock" % tenant)
-    with open(path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            say("another botlxc run holds tenant %s (%s); waiting" % (tenant, path))
-            deadline = time.monotonic() + wait
-            while True:
-                time.sleep(1)
-                with contextlib.suppress(BlockingIOError):
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                if time.monotonic() > deadline:
-                    raise BotlxcError("tenant %s is still locked by another botlxc run after "
-                                      "%d s (%s)" % (tenant, wait, path)) from None
-        yield
 
 
 def self_argv():
@@ -1297,88 +1728,16 @@ def self_argv():
     return ["botlxc"]
 
 
-def resolve_stack(spec, snapshot):
-    """The tenant's stack root: as recorded on its instances, unless --stack-dir says so."""
-    recorded = {labels(i).get("stack") for i in snapshot["mine"].values()} - {None}
-    if len(recorded) == 1:
-        old = Path(recorded.pop())
-        if spec.stack is None:
-            return old
-        if spec.stack.resolve() != old:
-            raise BadInput("tenant %s keeps its data in %s; --stack-dir %s differs (move the "
-                           "data first, or omit --stack-dir)" % (spec.tenant, old, spec.stack))
-    return (spec.stack or default_stack(spec.tenant)).resolve()
-
-
-def bring_up_component(runner, spec, component, inst, ports, image):
+def bring_up_component(runner, spec, component, inst):
     started = time.monotonic()
-    name = ensure_instance(runner, spec, component, inst, ports, image)
-    changed = False
-    if spec.services:
-        changed = ensure_service(runner, spec, component, inst)
-        ok, message = wait_healthy(runner, name) if not runner.dry_run else (True, "planned")
-        if not ok:
-            raise BotlxcError("%s: unhealthy after install: %s (see: lxc exec %s -- journalctl "
-                              "-u %s)" % (name, message, name, component))
+    name = start_instance(runner, spec, component, inst)
+    changed = ensure_service(runner, spec, component, inst) if spec.services else False
     if runner.dry_run:
         say("%-16s planned" % name)
     else:
         say("%-16s ready  (%.1fs)%s" % (name, time.monotonic() - started,
                                         "  installed" if changed else ""))
     return name
-
-
-def up(runner, spec):
-    """Bring a tenant up: host, image, then each component (concurrently where possible)."""
-    if not spec.host.root and not runner.dry_run:
-        raise BotlxcError("botlxc up needs root: it gives host dirs to the containers' mapped "
-                          "ids and writes 0600 secrets for them (try: sudo botlxc up, or "
-                          "--dry-run to see the plan)")
-    world = ensure_host(runner, spec.host)
-    image = ensure_image(runner, spec.host, world, spec.image)
-    # In a dry run on a host without a running LXD there is nothing to list yet.
-    snapshot = observe_tenant(runner, spec.tenant) if world["daemon"] or not runner.dry_run \
-        else {"all": [], "mine": {}}
-    foreign = sorted({i["name"] for i in snapshot["all"]} & {spec.name(c) for c in spec.components
-                                                            if c not in snapshot["mine"]})
-    if foreign:
-        raise BadInput("instance %s exists but botlxc does not manage it (no user.botlxc.* "
-                       "labels); rename it or use another tenant name" % ", ".join(foreign))
-    engine = labels(snapshot["mine"].get("drive", {})).get("engine")
-    if engine and "drive" in spec.components and engine != spec.engine:
-        raise BadInput("%s runs drive engine %s; switching engines is not supported in place "
-                       "(down, then up with --engine %s)" % (spec.name("drive"), engine,
-                                                               spec.engine))
-    spec.stack = resolve_stack(spec, snapshot)
-    ports = allocate_ports(spec, snapshot, spec.host.listening)
-    env_ports = {**existing_ports(spec, snapshot), **ports}
-    owners = {c: idmap_base(snapshot["mine"].get(c), spec) for c in spec.components}
-    # Host dirs first: secrets land on the conf mount, and mounts exist before any install.
-    for comp in spec.components:
-        ensure_host_dirs(runner, spec, comp, owners[comp])
-    if spec.services:
-        ensure_secrets(runner, spec, env_ports, owners, self_argv())
-    failures = {}
-    jobs = 1 if runner.dry_run else max(1, spec.jobs)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
-        for wave in dependency_waves(spec.components):
-            futures = {}
-            for comp in wave:
-                blocked = [d for d in COMPONENTS[comp].depends_on if d in failures]
-                if blocked:
-                    failures[comp] = BotlxcError("not started: needs %s" % ", ".join(blocked))
-                    say("%-16s SKIPPED (needs %s)" % (spec.name(comp), ", ".join(blocked)))
-                    continue
-                futures[pool.submit(bring_up_component, runner, spec, comp,
-                                    snapshot["mine"].get(comp), ports, image)] = comp
-            for future in concurrent.futures.as_completed(futures):
-                comp = futures[future]
-                try:
-                    future.result()
-                except BotlxcError as exc:
-                    failures[comp] = exc
-                    say("%-16s FAILED %s" % (spec.name(comp), exc))
-    return ports, failures
 
 
 def dependency_waves(components, catalogue=COMPONENTS):
@@ -1393,6 +1752,76 @@ def dependency_waves(components, catalogue=COMPONENTS):
         done.update(wave)
         left = [c for c in left if c not in done]
     return waves
+
+
+def prepare(runner, spec):
+    """Everything that other tenants' runs could race on, done under the host lock: host,
+    image, artifacts, ports, and the containers with the proxy devices that reserve them.
+    Returns (snapshot, ports)."""
+    world = ensure_host(runner, spec.host)
+    image = ensure_image(runner, spec.host, world, spec.image)
+    # In a dry run on a host without a running LXD there is nothing to list yet.
+    snapshot = observe_tenant(runner, spec.tenant) if world["daemon"] or not runner.dry_run \
+        else {"all": [], "mine": {}, "foreign": []}
+    taken = sorted({i["name"] for i in snapshot["all"]} & {
+        spec.name(c) for c in spec.components if c not in snapshot["mine"]})
+    if taken:
+        raise BadInput("instance %s exists but is not botlxc's for tenant %s (no matching "
+                       "user.botlxc.* labels); rename it or use another tenant name"
+                       % (", ".join(taken), spec.tenant))
+    engine = labels(snapshot["mine"].get("drive", {})).get("engine")
+    if engine and "drive" in spec.components and engine != spec.engine:
+        raise BadInput("%s runs drive engine %s; switching engines is not supported in place "
+                       "(down, then up with --engine %s)"
+                       % (spec.name("drive"), engine, spec.engine))
+    spec.stack = resolve_stack(spec, snapshot)
+    ensure_stack(runner, spec, snapshot)
+    if spec.services and "minio" in spec.artifacts:
+        spec.artifacts = {"minio": fetch_artifact(runner, spec.host, *spec.artifacts["minio"])}
+    ports = allocate_ports(spec, snapshot, host_listeners(runner))
+    owners = {c: idmap_base(snapshot["mine"].get(c), spec) for c in spec.components}
+    # Host dirs first: mounts exist before any install writes to them.
+    for comp in spec.components:
+        ensure_host_dirs(runner, spec, comp, owners[comp])
+    if spec.services:
+        ensure_secrets(runner, spec, {**existing_ports(spec, snapshot), **ports}, self_argv())
+    for comp in spec.components:
+        create_instance(runner, spec, comp, snapshot["mine"].get(comp), ports, image)
+    return snapshot, ports
+
+
+def up(runner, spec, host_lock=None):
+    """Bring a tenant up: prepare() under the host lock, then each component's start,
+    install and health, concurrently where the dependencies allow."""
+    if not spec.host.root and not runner.dry_run:
+        raise BotlxcError("botlxc up needs root: it gives host dirs to the containers' mapped "
+                          "ids and writes 0600 secrets for them (try: sudo botlxc up, or "
+                          "--dry-run to see the plan)")
+    with host_lock or contextlib.nullcontext():
+        snapshot, ports = prepare(runner, spec)
+    failures = {}
+    jobs = 1 if runner.dry_run else max(1, spec.jobs)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        for wave in dependency_waves(spec.components):
+            futures = {}
+            for comp in wave:
+                blocked = [d for d in COMPONENTS[comp].depends_on if d in failures]
+                if blocked:
+                    failures[comp] = BotlxcError("not started: needs %s" % ", ".join(blocked))
+                    say("%-16s SKIPPED (needs %s)" % (spec.name(comp), ", ".join(blocked)))
+                    continue
+                futures[pool.submit(bring_up_component, runner, spec, comp,
+                                    snapshot["mine"].get(comp))] = comp
+            for future in concurrent.futures.as_completed(futures):
+                comp = futures[future]
+                try:
+                    future.result()
+                except BotlxcError as exc:
+                    failures[comp] = exc
+                    say("%-16s FAILED %s" % (spec.name(comp), exc))
+    if INTERRUPTED.is_set():
+        raise Interrupted("interrupted; run the same command again to finish")
+    return ports, failures
 
 
 def status_rows(runner, tenant, check_health=True):
@@ -1417,22 +1846,31 @@ def status_rows(runner, tenant, check_health=True):
         else:
             row["health"] = "stopped"
         rows.append(row)
+    for inst in snapshot["foreign"]:
+        rows.append({"name": inst["name"], "component": labels(inst).get("component"),
+                     "state": inst.get("status", "?").upper(), "ipv4": [], "ports": {},
+                     "stack": labels(inst).get("stack"), "installed": False,
+                     "health": "foreign: has tenant %s's labels but not its name; botlxc "
+                               "leaves it alone" % tenant})
     return rows
 
 
 def down(runner, tenant, components):
+    """Stop the tenant's containers cleanly and delete them; returns (removed, foreign)."""
     snapshot = observe_tenant(runner, tenant)
     removed = []
     for comp in components or tuple(snapshot["mine"]):
         inst = snapshot["mine"].get(comp)
         if inst is None:
             continue
+        if inst.get("status") != "Stopped":
+            lxc_stop(runner, inst["name"])
         lxc_delete(runner, inst["name"])
         removed.append((inst["name"], labels(inst).get("stack")))
-    return removed
+    return removed, [inst["name"] for inst in snapshot["foreign"]]
 
 
-# --------------------------------------------------------------------------- 13. CLI
+# --------------------------------------------------------------------------- 14. CLI
 
 
 def dry_run_option(func):
@@ -1443,6 +1881,20 @@ def dry_run_option(func):
 def tenant_option(func):
     return click.option("--tenant", "-t", default=DEFAULT_TENANT, show_default=True,
                         help="Tenant whose containers are {tenant}-{component}.")(func)
+
+
+def wait_option(func):
+    return click.option("--wait", "wait", type=click.IntRange(0, 86400), default=LOCK_WAIT,
+                        show_default=True, metavar="SECONDS",
+                        help="How long to wait for a lock another botlxc run holds.")(func)
+
+
+def locks(facts, dry_run, wait, *names):
+    """Locks for a changing command, outermost first; a dry run changes nothing and takes
+    none (it must also work for a user who cannot create root's lock dir)."""
+    if dry_run:
+        return [contextlib.nullcontext() for _ in names]
+    return [Lock(facts.run_dir, name, wait) for name in names]
 
 
 def finish(runner):
@@ -1468,13 +1920,19 @@ def cmd_host():
 
 @cmd_host.command("setup")
 @dry_run_option
+@wait_option
 @click.option("--image", help="Use this image instead of the default Debian 12 image.")
-def cmd_host_setup(dry_run, image):
+def cmd_host_setup(dry_run, wait, image):
     """Install, start and initialise LXD when needed; make the Debian 12 image available."""
+    image = validate_image(image)
     runner = Runner(dry_run)
     facts = read_host_facts()
-    world = ensure_host(runner, facts)
-    chosen = ensure_image(runner, facts, world, validate_image(image))
+    if not facts.root and not dry_run:
+        raise BotlxcError("botlxc host setup needs root (or --dry-run to see the plan)")
+    host_lock, = locks(facts, dry_run, wait, "host")
+    with host_lock:
+        world = ensure_host(runner, facts)
+        chosen = ensure_image(runner, facts, world, image)
     say("host: ready (image %s)" % chosen)
     finish(runner)
 
@@ -1492,7 +1950,7 @@ def cmd_host_setup(dry_run, image):
 @click.option("--listen", default="127.0.0.1", show_default=True,
               help="Host address the forwarded ports listen on.")
 @click.option("--port", "ports", multiple=True, metavar="COMPONENT[.NAME]=PORT",
-              help="Pick a host port, e.g. tables=15432 (repeatable).")
+              help="Pick a host port, e.g. tables=15432 (repeatable; kept by later runs).")
 @click.option("--engine", type=click.Choice(["rclone", "minio"]), default="rclone",
               show_default=True, help="S3 engine of the drive component.")
 @click.option("--artifact", "artifacts", multiple=True, metavar="NAME=PATH|URL",
@@ -1503,25 +1961,27 @@ def cmd_host_setup(dry_run, image):
               help="Containers, mounts and ports only; install no services.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 16), default=3, show_default=True,
               help="Components brought up at the same time.")
+@wait_option
 def cmd_up(tenant, dry_run, components, stack_dir, image, privileged, no_host_ca, listen,
-           ports, engine, artifacts, sums, containers_only, jobs):
+           ports, engine, artifacts, sums, containers_only, jobs, wait):
     """Create or converge the tenant's containers and services (idempotent)."""
     spec = Spec(tenant=validate_tenant(tenant),
                 components=validate_components(components or DEFAULT_COMPONENTS),
                 stack=Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else None,
                 image=validate_image(image), privileged=privileged, host_ca=not no_host_ca,
                 listen=validate_listen(listen), engine=engine, services=not containers_only,
-                port_picks=parse_port_picks(ports, COMPONENTS), jobs=jobs,
-                host=read_host_facts())
+                port_picks=parse_port_picks(ports, COMPONENTS), jobs=jobs)
     if (artifacts or sums) and engine != "minio":
         raise BadInput("--artifact/--sha256 are for --engine minio; the %s engine needs none"
                        % engine)
-    spec.artifacts = parse_artifacts(artifacts, sums) if engine == "minio" and \
-        "drive" in spec.components and not containers_only else {}
+    if engine == "minio" and "drive" in spec.components and not containers_only:
+        spec.artifacts = parse_artifacts(artifacts, sums)
+    spec.host = read_host_facts()
     runner = Runner(dry_run)
     started = time.monotonic()
-    with tenant_lock(tenant) if not dry_run else contextlib.nullcontext():
-        allocated, failures = up(runner, spec)
+    tenant_lock, host_lock = locks(spec.host, dry_run, wait, "tenant-" + tenant, "host")
+    with tenant_lock:
+        allocated, failures = up(runner, spec, host_lock)
     finish(runner)
     if failures:
         error = BotlxcError("%d of %d components failed: %s (each error is shown above)" % (
@@ -1530,32 +1990,10 @@ def cmd_up(tenant, dry_run, components, stack_dir, image, privileged, no_host_ca
         error.exit_code = max(exc.exit_code for exc in failures.values())
         raise error
     if not dry_run:
-        port_text = ", ".join("%s.%s=%s:%d" % (c, p, spec.listen, hp)
+        port_text = ", ".join("%s.%s=%s:%d" % (c, p, listen_address(spec.listen), hp)
                               for (c, p), hp in sorted(allocated.items()))
         say("tenant %s up in %.1fs; data in %s; ports %s" % (
             tenant, time.monotonic() - started, spec.stack, port_text))
-
-
-def parse_artifacts(values, sums):
-    pairs = {}
-    for what, items in (("--artifact", values), ("--sha256", sums)):
-        found = {}
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep or key != "minio" or not value:
-                raise BadInput("invalid %s %r: expected minio=VALUE" % (what, item))
-            found[key] = value
-        pairs[what] = found
-    if "minio" not in pairs["--artifact"]:
-        raise BadInput("drive engine minio needs --artifact minio=PATH (or =URL with "
-                       "--sha256 minio=HEX): MinIO ships no binary botlxc could fetch itself")
-    source = pairs["--artifact"]["minio"]
-    sha = pairs["--sha256"].get("minio")
-    if re.match(r"^https?://", source) and not sha:
-        raise BadInput("--artifact minio=%s is a URL: give its --sha256 minio=HEX too" % source)
-    if sha and not re.match(r"^[0-9a-fA-F]{64}$", sha):
-        raise BadInput("invalid --sha256 minio=%s: expected 64 hex digits" % sha)
-    return {"minio": fetch_artifact(source, sha)}
 
 
 @cli.command("secrets")
@@ -1570,14 +2008,21 @@ def cmd_secrets(tenant, stack_dir, ports, listen):
     picks = parse_port_picks(ports, COMPONENTS)
     components = tuple(c for c in COMPONENTS if any(k[0] == c for k in picks)) or \
         DEFAULT_COMPONENTS
+    stack = Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else \
+        default_stack(validate_tenant(tenant))
     spec = Spec(tenant=validate_tenant(tenant), components=components,
-                stack=Path(validate_path(stack_dir, "--stack-dir")).resolve() if stack_dir
-                else default_stack(tenant).resolve(), listen=validate_listen(listen))
+                stack=Path(os.path.abspath(str(stack))), listen=validate_listen(listen),
+                host=read_host_facts())
+    check_host_path(spec.stack)
+    check_stack_entries(spec.stack, COMPONENTS)
+    owner = (read_file(spec.stack / STATE_DIR / "tenant", 256) or "").strip()
+    if owner != spec.tenant:
+        raise BadInput("stack %s is not tenant %s's (no %s/tenant naming it; botlxc up marks "
+                       "it)" % (spec.stack, spec.tenant, STATE_DIR))
     defaults = {(c, p.name): p.port for c in components for p in COMPONENTS[c].ports[:1]}
     defaults.update(picks)
-    owners = {c: subid_base() for c in components}
     runner = Runner()
-    ensure_secrets(runner, spec, defaults, owners, self_argv())
+    ensure_secrets(runner, spec, defaults, self_argv())
     say("secrets: %s" % ("written" if runner.actions else "already in place"))
 
 
@@ -1605,13 +2050,15 @@ def cmd_status(tenant, as_json, no_health):
 @tenant_option
 @dry_run_option
 @click.option("--component", "-c", "components", multiple=True, help="Only this component.")
-def cmd_down(tenant, dry_run, components):
-    """Stop and delete the tenant's containers. Host dirs (the data) stay."""
+@wait_option
+def cmd_down(tenant, dry_run, components, wait):
+    """Stop the tenant's containers cleanly and delete them. Host dirs (the data) stay."""
     tenant = validate_tenant(tenant)
     comps = validate_components(components) if components else ()
     runner = Runner(dry_run)
-    with tenant_lock(tenant) if not dry_run else contextlib.nullcontext():
-        removed = down(runner, tenant, comps)
+    tenant_lock, = locks(read_host_facts(), dry_run, wait, "tenant-" + tenant)
+    with tenant_lock:
+        removed, foreign = down(runner, tenant, comps)
     finish(runner)
     if not dry_run:
         for name, stack in removed:
@@ -1619,10 +2066,25 @@ def cmd_down(tenant, dry_run, components):
         stacks = sorted({s for _, s in removed if s})
         say("data kept in %s" % (", ".join(stacks) if stacks else "the host dirs")
             if removed else "tenant %s has no containers" % tenant)
+    for name in foreign:
+        say("left alone: %s (has tenant %s's labels but not its name, e.g. an `lxc copy`)"
+            % (name, tenant))
+
+
+def on_interrupt(signum, frame):
+    """First Ctrl-C: start no new command, let the running one finish (killing apt or
+    initdb halfway is what leaves a container broken). A second one stops at once."""
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+    INTERRUPTED.set()
+    say("interrupted: stopping after the running step (Ctrl-C again to stop at once)")
 
 
 def main(argv=None):
     """Entry point: expected failures become one line on stderr and their exit code."""
+    INTERRUPTED.clear()
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         cli.main(args=argv, prog_name="botlxc", standalone_mode=False)
     except click.exceptions.Abort:
@@ -1637,6 +2099,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         say("interrupted")
         return 130
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, previous)
     return 0
 
 
