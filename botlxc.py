@@ -1275,16 +1275,19 @@ def pinned_ports(inst):
 def allocate_ports(spec, snapshot, listeners):
     """Host ports for each (component, port name): kept, picked, or the first free one.
 
-    A port botlxc chose that someone else holds now (another instance's proxy, or a host
+    A port botlxc chose that someone else holds now (a running instance's proxy, or a host
     listener while this tenant's container is stopped) is chosen again; a pinned one is an
-    error naming the holder. Runs under the host lock, with listeners read under it too.
+    error naming the holder. New ports avoid every proxy any instance has configured. Runs
+    under the host lock, with listeners read under it too.
     """
     ours = {inst["name"] for inst in snapshot["mine"].values()}
-    elsewhere = {}
+    elsewhere, holding = {}, {}
     for inst in snapshot["all"]:
         if inst["name"] not in ours:
             for listen_port, _ in proxy_ports(inst).values():
                 elsewhere.setdefault(listen_port, "instance " + inst["name"])
+                if inst.get("status") == "Running":
+                    holding.setdefault(listen_port, "instance " + inst["name"])
     taken = set(listeners) | set(elsewhere) | {
         lp for inst in snapshot["mine"].values() for lp, _ in proxy_ports(inst).values()}
     existing = existing_ports(spec, snapshot)
@@ -1297,7 +1300,7 @@ def allocate_ports(spec, snapshot, listeners):
             key = (comp, port.name)
             pick, kept = spec.port_picks.get(key), existing.get(key)
             if kept is not None and pick in (None, kept):
-                holder = elsewhere.get(kept) or (None if running else listeners.get(kept))
+                holder = holding.get(kept) or (None if running else listeners.get(kept))
                 if holder is None:
                     allocated[key] = kept
                     continue
@@ -1365,8 +1368,9 @@ def resolve_stack(spec, snapshot):
     return Path(os.path.abspath(str(spec.stack or default_stack(spec.tenant))))
 
 
-def ensure_stack(runner, spec, snapshot):
-    """The stack is safe to use as root and is this tenant's alone; a marker says whose."""
+def check_stack(spec, snapshot):
+    """The stack is safe to use as root and is this tenant's alone (its marker, LXD's
+    labels); its data mounts point into it. Returns whether the marker is still missing."""
     check_host_path(spec.stack)
     check_stack_entries(spec.stack, COMPONENTS)
     state = spec.stack / STATE_DIR
@@ -1379,13 +1383,27 @@ def ensure_stack(runner, spec, snapshot):
     if others:
         raise BadInput("stack %s is in use by tenant %s; give tenant %s its own --stack-dir"
                        % (spec.stack, ", ".join(others), spec.tenant))
-    if owner is None:
-        step = spec.tenant + ": stack"
-        runner.change(["install", "-d", "-m", "0700", str(state)],
-                      "root-only state dir of the stack (no container mounts it)", step=step)
-        runner.change(["install", "-m", "0600", "/dev/stdin", str(state / "tenant")],
-                      "this stack belongs to tenant %s" % spec.tenant, input=spec.tenant + "\n",
-                      step=step)
+    for comp in spec.components:
+        inst = snapshot["mine"].get(comp)
+        for which in HOST_DIRS:
+            current = ((inst or {}).get("devices") or {}).get(which)
+            wanted = str(host_dir(spec, comp, which))
+            if current is not None and current.get("source") != wanted:
+                # Never re-point a data mount silently: the data lives where it points.
+                raise BotlxcError("%s: device %s points at %s, expected %s; fix it by hand or "
+                                  "use --stack-dir %s" % (inst["name"], which, current.get(
+                                      "source"), wanted, current.get("source")))
+    return owner is None
+
+
+def mark_stack(runner, spec):
+    state = spec.stack / STATE_DIR
+    step = spec.tenant + ": stack"
+    runner.change(["install", "-d", "-m", "0700", str(state)],
+                  "root-only state dir of the stack (no container mounts it)", step=step)
+    runner.change(["install", "-m", "0600", "/dev/stdin", str(state / "tenant")],
+                  "this stack belongs to tenant %s" % spec.tenant, input=spec.tenant + "\n",
+                  step=step)
 
 
 def ensure_host_dirs(runner, spec, component, owner):
@@ -1429,12 +1447,7 @@ def ensure_devices(runner, spec, component, inst, ports):
         current = have.get(device)
         if current == props:
             continue
-        if current is not None and current.get("type") == "disk":
-            # Never re-point a data mount silently: the data lives where it already points.
-            raise BotlxcError("%s: device %s points at %s, expected %s; fix it by hand or use "
-                              "--stack-dir %s" % (name, device, current.get("source"),
-                                                  props["source"], current.get("source")))
-        if current is not None:
+        if current is not None:  # (never a data mount: check_stack refused those)
             lxc_device_remove(runner, name, device, "replace device %s" % device)
         what = "mount %s at %s" % (props["source"], props["path"]) if props["type"] == "disk" \
             else "forward host %s to %s" % (props["listen"], props["connect"])
@@ -1625,6 +1638,7 @@ def ensure_secrets(runner, spec, ports, shown_argv):
         return
 
     def write_all():
+        spec.stack.mkdir(parents=True, exist_ok=True)  # a checked path (check_host_path)
         os.close(private_dir(spec.stack / STATE_DIR))
         os.close(private_dir(spec.stack / STATE_DIR / "secrets"))
         for comp, text in to_write.items():
@@ -1763,6 +1777,7 @@ def prepare(runner, spec):
     # In a dry run on a host without a running LXD there is nothing to list yet.
     snapshot = observe_tenant(runner, spec.tenant) if world["daemon"] or not runner.dry_run \
         else {"all": [], "mine": {}, "foreign": []}
+    listeners = host_listeners(runner)
     taken = sorted({i["name"] for i in snapshot["all"]} & {
         spec.name(c) for c in spec.components if c not in snapshot["mine"]})
     if taken:
@@ -1775,10 +1790,13 @@ def prepare(runner, spec):
                        "(down, then up with --engine %s)"
                        % (spec.name("drive"), engine, spec.engine))
     spec.stack = resolve_stack(spec, snapshot)
-    ensure_stack(runner, spec, snapshot)
+    unmarked = check_stack(spec, snapshot)
+    ports = allocate_ports(spec, snapshot, listeners)
+    # Every refusal is behind us: from here on, changes.
+    if unmarked:
+        mark_stack(runner, spec)
     if spec.services and "minio" in spec.artifacts:
         spec.artifacts = {"minio": fetch_artifact(runner, spec.host, *spec.artifacts["minio"])}
-    ports = allocate_ports(spec, snapshot, host_listeners(runner))
     owners = {c: idmap_base(snapshot["mine"].get(c), spec) for c in spec.components}
     # Host dirs first: mounts exist before any install writes to them.
     for comp in spec.components:

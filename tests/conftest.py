@@ -70,6 +70,19 @@ def _quiet():
 # ----------------------------------------------------------------------------- recording
 
 
+class _Any:
+    """Stands for one argument the test cannot know in advance (a digest of new secrets)."""
+
+    def __eq__(self, other):
+        return isinstance(other, str)
+
+    def __repr__(self):
+        return "ANY"
+
+
+ANY = _Any()
+
+
 class Calls:
     """Register canned processes in the order they are expected; remember that order.
 
@@ -84,7 +97,8 @@ class Calls:
     def __call__(self, argv, data=None, stdout="", stderr="", returncode=0):
         if data is not None:
             stdout = json.dumps(data)
-        self.fp.register(list(argv), stdout=stdout, stderr=stderr, returncode=returncode)
+        pattern = [self.fp.any(min=1, max=1) if arg is ANY else arg for arg in argv]
+        self.fp.register(pattern, stdout=stdout, stderr=stderr, returncode=returncode)
         self.expected.append(list(argv))
 
     def made(self):
@@ -97,11 +111,11 @@ def calls(fp):
 
 
 def facts(**overrides):
-    """A Debian host, root, no systemd as PID 1, btrfs, nothing listening, no CA files."""
+    """A Debian host, root, no systemd as PID 1, btrfs, no CA files."""
     values = dict(lxc="/usr/bin/lxc", lxd="/usr/bin/lxd", debootstrap=True, root=True,
                   debian=True, systemd=False, btrfs=True, subuid_base=OWNER,
                   mirrors={"debian": MIRROR, "security": SECURITY}, pip_index_url="",
-                  ca_files=(), listening=frozenset())
+                  ca_files=())
     values.update(overrides)
     return botlxc.HostFacts(**values)
 
@@ -175,6 +189,7 @@ QUERY_PROFILE = ["lxc", "query", "/1.0/profiles/default"]
 IMAGE_LIST = ["lxc", "image", "list", "local:botlxc/debian-12", "--format", "json"]
 REMOTE_INFO = ["timeout", "20", "lxc", "image", "info", "images:debian/12"]
 LIST = ["lxc", "list", "--format", "json"]
+SS = ["ss", "-Htlnp"]
 IP_ROUTES = ["ip", "-j", "-4", "route", "show", "table", "all"]
 IP_ADDRS = ["ip", "-j", "-4", "addr"]
 
@@ -210,13 +225,27 @@ def register_routes(calls):
     calls(IP_ADDRS, data=ADDRS)
 
 
-def register_ready(calls, instances=(), image=True):
-    """World 'ready' + image present (or not: then images: answers) + `lxc list`."""
+def ss_output(listeners):
+    """`ss -Htlnp` as it prints {port: (program, pid)} listening on loopback, plus sshd."""
+    lines = ['LISTEN 0      128          0.0.0.0:22         0.0.0.0:*    '
+             'users:(("sshd",pid=401,fd=3))']
+    for port, (program, pid) in sorted(listeners.items()):
+        lines.append('LISTEN 0      4096       127.0.0.1:%d      0.0.0.0:*    '
+                     'users:(("%s",pid=%d,fd=5))' % (port, program, pid))
+    return "\n".join(lines) + "\n"
+
+
+def register_ready(calls, instances=(), image=True, listeners=None, ss=True):
+    """World 'ready' + image present (or not: then images: answers) + `lxc list` + the
+    host's listeners (read under the host lock before ports are chosen; ss=False for a run
+    refused before that)."""
     register_host(calls, "ready")
     calls(IMAGE_LIST, data=LOCAL_IMAGE if image else [])
     if not image:
         calls(REMOTE_INFO, stdout="Fingerprint: 5b1d0c\nArchitecture: x86_64\n")
     calls(LIST, data=list(instances))
+    if ss:
+        calls(SS, stdout=ss_output(listeners or {}))
 
 
 # ----------------------------------------------------------------------------- instances
@@ -265,11 +294,16 @@ def instance(name, config, devices, status="Running", address="10.101.177.23"):
     }
 
 
+def master_text(component):
+    """<stack>/.botlxc/secrets/<component>.env of the tenant that is up, written out."""
+    return "".join("%s=%s\n" % kv for kv in SECRETS[component].items())
+
+
 def installed_label(spec, component):
     """user.botlxc.installed as ensure_service sets it (test_up checks they agree)."""
     parts = [part for item in botlxc.render_files(spec, component) for part in item]
     binary = spec.artifacts.get("minio") if spec.engine_of(component) == "minio" else None
-    return botlxc.digest(*parts, binary[1] if binary else "")
+    return botlxc.digest(*parts, binary[1] if binary else "", master_text(component))
 
 
 def tenant_instance(spec, component, ports=None, status="Running", installed=True,
@@ -312,7 +346,7 @@ def other_tenant(ports):
     return found
 
 
-#: Secrets of the tenant that is already up (what <stack>/<c>/conf/secrets.env holds).
+#: Secrets of the tenant that is already up (what <stack>/.botlxc/secrets/<c>.env holds).
 SECRETS = {"tables": {"TABLES_PASSWORD": "Tq7ffYdXh3Kz0mN4rS8uV2wA6bC1eG5i"},
            "drive": {"DRIVE_ACCESSKEY": "AK7Hq2Lm9Np4Rs6Tv8Wx",
                      "DRIVE_SECRET": "Sx3Dy5Fz7Gh9Jk1Lm2Nb4Vc6Xz8Qw0Er"},
@@ -338,15 +372,21 @@ def env_text(tenant=TENANT, ports=None, components=botlxc.DEFAULT_COMPONENTS):
 
 
 def prepare_stack(spec, ports=None):
-    """The host side of a tenant that is up: dirs owned by container root, secrets, .env."""
+    """The host side of a tenant that is up: its marker, dirs owned by container root, the
+    secrets' master copies in the root-only state dir, .env."""
+    state = spec.stack / ".botlxc"
+    (state / "secrets").mkdir(parents=True, exist_ok=True)
+    state.chmod(0o700)
+    (state / "secrets").chmod(0o700)
+    (state / "tenant").write_text(spec.tenant + "\n")
     for component in spec.components:
         for which in ("data", "conf", "logs"):
             path = spec.stack / component / which
             path.mkdir(parents=True, exist_ok=True)
             os.chown(path, OWNER, OWNER)
-        secrets_file = spec.stack / component / "conf" / "secrets.env"
-        secrets_file.write_text("".join("%s=%s\n" % kv for kv in SECRETS[component].items()))
-        secrets_file.chmod(0o600)
+        master = state / "secrets" / (component + ".env")
+        master.write_text(master_text(component))
+        master.chmod(0o600)
     env = spec.stack / ".env"
     env.write_text(env_text(spec.tenant, ports, spec.components))
     env.chmod(0o600)

@@ -4,14 +4,33 @@ import re
 import pytest
 
 import botlxc
-from conftest import (DEFAULT_PORTS, IMAGE_LIST, LIST, OWNER, QUERY_NETWORKS, QUERY_POOLS,
-                      QUERY_PROFILE, QUERY_SERVER, SECRETS, env_text, facts, health_reads,
-                      installed_label, instance, make_spec, other_tenant, prepare_stack,
-                      register_host, register_ready, register_routes, tenant_instance,
-                      up_world, world_facts)
+from conftest import (ANY, DEFAULT_PORTS, IMAGE_LIST, LIST, OWNER, QUERY_NETWORKS,
+                      QUERY_POOLS, QUERY_PROFILE, QUERY_SERVER, SECRETS, SS, env_text, facts,
+                      health_reads, installed_label, instance, make_spec, master_text,
+                      other_tenant, prepare_stack, register_host, register_ready,
+                      register_routes, tenant_instance, up_world, world_facts)
 
 V = botlxc.VERSION
-HOST_READS = [QUERY_SERVER, QUERY_POOLS, QUERY_NETWORKS, QUERY_PROFILE, IMAGE_LIST, LIST]
+HOST_READS = [QUERY_SERVER, QUERY_POOLS, QUERY_NETWORKS, QUERY_PROFILE, IMAGE_LIST, LIST, SS]
+INSTALL = ["flock", "-w", "900", "/run/botlxc-install.lock", "sh", "-c",
+           "sh /usr/local/lib/botlxc/install.sh </dev/null >/opt/gbo/logs/install.log 2>&1; "
+           "rc=$?; tail -n 20 /opt/gbo/logs/install.log >&2; exit $rc"]
+HEALTH_WAIT = ["sh", "-c",
+               "i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); "
+               "[ $i -lt 45 ] || { echo \"$out\" >&2; exit 1; }; sleep 2; done; echo \"$out\""]
+WAIT_INSTALL = ["flock", "-w", "900", "/run/botlxc-install.lock", "true"]
+
+
+def marker(calls, stack):
+    """A stack seen for the first time gets its root-only state dir and owner marker."""
+    calls(["install", "-d", "-m", "0700", stack + "/.botlxc"])
+    calls(["install", "-m", "0600", "/dev/stdin", stack + "/.botlxc/tenant"])
+
+
+def host_dirs(calls, stack, component, owner=OWNER):
+    dirs = ["%s/%s/%s" % (stack, component, d) for d in ("data", "conf", "logs")]
+    calls(["mkdir", "-p"] + dirs)
+    calls(["chown", "--no-dereference", "%d:%d" % (owner, owner)] + dirs)
 
 
 def argvs(runner):
@@ -25,67 +44,27 @@ def test_new_tenant_containers_only(calls, tmp_path):
     spec = make_spec(tmp_path, services=False)
     S = str(tmp_path / "stack")
     register_ready(calls)
-    for argv in [
-        ["mkdir", "-p", S + "/tables/data", S + "/tables/conf", S + "/tables/logs"],
-        ["chown", "%d:%d" % (OWNER, OWNER), S + "/tables/data", S + "/tables/conf",
-         S + "/tables/logs"],
-        ["mkdir", "-p", S + "/drive/data", S + "/drive/conf", S + "/drive/logs"],
-        ["chown", "%d:%d" % (OWNER, OWNER), S + "/drive/data", S + "/drive/conf",
-         S + "/drive/logs"],
-        ["mkdir", "-p", S + "/cache/data", S + "/cache/conf", S + "/cache/logs"],
-        ["chown", "%d:%d" % (OWNER, OWNER), S + "/cache/data", S + "/cache/conf",
-         S + "/cache/logs"],
-        ["lxc", "init", "botlxc/debian-12", "acme-tables", "-c", "security.privileged=false",
-         "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=tables",
-         "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S],
-        ["lxc", "config", "device", "add", "acme-tables", "data", "disk",
-         "source=" + S + "/tables/data", "path=/opt/gbo/data"],
-        ["lxc", "config", "device", "add", "acme-tables", "conf", "disk",
-         "source=" + S + "/tables/conf", "path=/opt/gbo/conf"],
-        ["lxc", "config", "device", "add", "acme-tables", "logs", "disk",
-         "source=" + S + "/tables/logs", "path=/opt/gbo/logs"],
-        ["lxc", "config", "device", "add", "acme-tables", "port-5432", "proxy",
-         "listen=tcp:127.0.0.1:5432", "connect=tcp:127.0.0.1:5432"],
-        ["lxc", "start", "acme-tables"],
-        ["lxc", "exec", "acme-tables", "--", "systemctl", "is-system-running", "--wait"],
-    ]:
-        calls(argv)
-    calls(["lxc", "exec", "acme-tables", "--", *botlxc.NETWORK_WAIT])
-    for argv in [
-        ["lxc", "init", "botlxc/debian-12", "acme-drive", "-c", "security.privileged=false",
-         "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=drive",
-         "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S,
-         "-c", "user.botlxc.engine=rclone"],
-        ["lxc", "config", "device", "add", "acme-drive", "data", "disk",
-         "source=" + S + "/drive/data", "path=/opt/gbo/data"],
-        ["lxc", "config", "device", "add", "acme-drive", "conf", "disk",
-         "source=" + S + "/drive/conf", "path=/opt/gbo/conf"],
-        ["lxc", "config", "device", "add", "acme-drive", "logs", "disk",
-         "source=" + S + "/drive/logs", "path=/opt/gbo/logs"],
-        ["lxc", "config", "device", "add", "acme-drive", "port-9000", "proxy",
-         "listen=tcp:127.0.0.1:9000", "connect=tcp:127.0.0.1:9000"],
-        ["lxc", "start", "acme-drive"],
-        ["lxc", "exec", "acme-drive", "--", "systemctl", "is-system-running", "--wait"],
-    ]:
-        calls(argv)
-    calls(["lxc", "exec", "acme-drive", "--", *botlxc.NETWORK_WAIT])
-    for argv in [
-        ["lxc", "init", "botlxc/debian-12", "acme-cache", "-c", "security.privileged=false",
-         "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=cache",
-         "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S],
-        ["lxc", "config", "device", "add", "acme-cache", "data", "disk",
-         "source=" + S + "/cache/data", "path=/opt/gbo/data"],
-        ["lxc", "config", "device", "add", "acme-cache", "conf", "disk",
-         "source=" + S + "/cache/conf", "path=/opt/gbo/conf"],
-        ["lxc", "config", "device", "add", "acme-cache", "logs", "disk",
-         "source=" + S + "/cache/logs", "path=/opt/gbo/logs"],
-        ["lxc", "config", "device", "add", "acme-cache", "port-6379", "proxy",
-         "listen=tcp:127.0.0.1:6379", "connect=tcp:127.0.0.1:6379"],
-        ["lxc", "start", "acme-cache"],
-        ["lxc", "exec", "acme-cache", "--", "systemctl", "is-system-running", "--wait"],
-    ]:
-        calls(argv)
-    calls(["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT])
+    marker(calls, S)
+    for component in ("tables", "drive", "cache"):
+        host_dirs(calls, S, component)
+    # Under the host lock: every container with the proxy devices that reserve its ports.
+    for component, port in (("tables", 5432), ("drive", 9000), ("cache", 6379)):
+        name = "acme-" + component
+        calls(["lxc", "init", "botlxc/debian-12", name, "-c", "security.privileged=false",
+               "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=" + component,
+               "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S]
+              + (["-c", "user.botlxc.engine=rclone"] if component == "drive" else []))
+        for which in ("data", "conf", "logs"):
+            calls(["lxc", "config", "device", "add", name, which, "disk",
+                   "source=%s/%s/%s" % (S, component, which), "path=/opt/gbo/" + which])
+        calls(["lxc", "config", "device", "add", name, "port-%d" % port, "proxy",
+               "listen=tcp:127.0.0.1:%d" % port, "connect=tcp:127.0.0.1:%d" % port])
+    # Then each one started and waited for.
+    for component in ("tables", "drive", "cache"):
+        name = "acme-" + component
+        calls(["lxc", "start", name])
+        calls(["lxc", "exec", name, "--", "systemctl", "is-system-running", "--wait"])
+        calls(["lxc", "exec", name, "--", *botlxc.NETWORK_WAIT])
 
     ports, failures = botlxc.up(botlxc.Runner(), spec)
 
@@ -101,15 +80,32 @@ def pushes(name, component):
             for _template, dest, mode in botlxc.COMPONENTS[component].files]
 
 
+def push_secrets(calls, stack, name, component):
+    calls(["lxc", "file", "push", "%s/.botlxc/secrets/%s.env" % (stack, component),
+           name + "/etc/botlxc/secrets.env", "--create-dirs", "--mode", "0600"])
+
+
+def register_install(calls, stack, name, component, label=ANY, running=False):
+    """What an install or repair runs, in order: wait for an earlier install (only in a
+    container that was running already), secrets, files, install, health, label."""
+    if running:
+        calls(["lxc", "exec", name, "--", *WAIT_INSTALL])
+    push_secrets(calls, stack, name, component)
+    for argv in pushes(name, component):
+        calls(argv)
+    calls(["lxc", "exec", name, "--", *INSTALL])
+    calls(["lxc", "exec", name, "--", *HEALTH_WAIT], stdout=component + ": ok\n")
+    calls(["lxc", "config", "set", name, "user.botlxc.installed", label])
+
+
 def register_new_tenant(calls, spec, ca_file=None, dirs=True):
     """A real `up` of a new tenant with services, in world 'ready', registered in order."""
-    S, owner = str(spec.stack), spec.host.subuid_base
+    S = str(spec.stack)
     register_ready(calls)
-    for component in spec.components if dirs else ():
-        calls(["mkdir", "-p"] + ["%s/%s/%s" % (S, component, d) for d in ("data", "conf",
-                                                                            "logs")])
-        calls(["chown", "%d:%d" % (owner, owner)] + ["%s/%s/%s" % (S, component, d)
-                                                     for d in ("data", "conf", "logs")])
+    if dirs:
+        marker(calls, S)
+        for component in spec.components:
+            host_dirs(calls, S, component, spec.host.subuid_base)
     for component, port, engine in (("tables", 5432, []),
                                     ("drive", 9000, ["-c", "user.botlxc.engine=rclone"]),
                                     ("cache", 6379, [])):
@@ -122,6 +118,8 @@ def register_new_tenant(calls, spec, ca_file=None, dirs=True):
                    "source=%s/%s/%s" % (S, component, which), "path=/opt/gbo/" + which])
         calls(["lxc", "config", "device", "add", name, "port-%d" % port, "proxy",
                "listen=tcp:127.0.0.1:%d" % port, "connect=tcp:127.0.0.1:%d" % port])
+    for component in ("tables", "drive", "cache"):
+        name = "acme-" + component
         calls(["lxc", "start", name])
         calls(["lxc", "exec", name, "--", "systemctl", "is-system-running", "--wait"])
         calls(["lxc", "exec", name, "--", *botlxc.NETWORK_WAIT])
@@ -132,13 +130,7 @@ def register_new_tenant(calls, spec, ca_file=None, dirs=True):
             calls(["lxc", "exec", name, "--", "update-ca-certificates"])
             calls(["lxc", "config", "set", name, "user.botlxc.host-ca",
                    botlxc.digest(ca_file.read_bytes())])
-        for argv in pushes(name, component):
-            calls(argv)
-        calls(["lxc", "exec", name, "--", "sh", "/usr/local/lib/botlxc/install.sh"])
-        calls(["lxc", "config", "set", name, "user.botlxc.installed",
-               installed_label(spec, component)])
-        calls(["lxc", "exec", name, "--", "sh", "/usr/local/lib/botlxc/health.sh"],
-              stdout=component + ": ok\n")
+        register_install(calls, S, name, component)
 
 
 def test_new_tenant_with_services(calls, tmp_path, ca_file):
@@ -162,6 +154,13 @@ def test_new_tenant_with_services(calls, tmp_path, ca_file):
     for component in spec.components:
         for dest, _mode, content in botlxc.render_files(spec, component):
             assert pushed["acme-" + component + dest] == content
+    # the installed label covers the files and the secrets, and is set after health passed
+    for component in spec.components:
+        master = (tmp_path / "stack/.botlxc/secrets" / (component + ".env")).read_text()
+        label = [a.argv[-1] for a in runner.actions if a.argv[:5] == [
+            "lxc", "config", "set", "acme-" + component, "user.botlxc.installed"]]
+        parts = [p for item in botlxc.render_files(spec, component) for p in item]
+        assert label == [botlxc.digest(*parts, "", master)]
 
 
 @pytest.mark.parametrize("world", ["nothing", "down"])
@@ -170,6 +169,7 @@ def test_plan_on_a_host_without_a_running_lxd(calls, tmp_path, world):
     spec = make_spec(tmp_path, host=world_facts(world))
     register_host(calls, world)
     register_routes(calls)
+    calls(SS, stdout="")
     runner = botlxc.Runner(dry_run=True)
     ports, failures = botlxc.up(runner, spec)
     assert failures == {} and ports == DEFAULT_PORTS
@@ -180,7 +180,10 @@ def test_plan_on_a_host_without_a_running_lxd(calls, tmp_path, world):
                            "/var/cache/botlxc/image-build/rootfs.tar", "--alias",
                            "botlxc/debian-12"])
     assert bootstrap < imported
-    assert plan[imported + 2][:3] == ["mkdir", "-p", str(tmp_path / "stack/tables/data")]
+    assert plan[imported + 2:imported + 5] == [
+        ["install", "-d", "-m", "0700", str(tmp_path / "stack/.botlxc")],
+        ["install", "-m", "0600", "/dev/stdin", str(tmp_path / "stack/.botlxc/tenant")],
+        ["mkdir", "-p"] + [str(tmp_path / "stack/tables" / d) for d in ("data", "conf", "logs")]]
     inits = [i for i, argv in enumerate(plan) if argv[:2] == ["lxc", "init"]]
     assert [plan[i][:4] for i in inits] == [["lxc", "init", "botlxc/debian-12", "acme-" + c]
                                             for c in ("tables", "drive", "cache")]
@@ -192,7 +195,7 @@ def test_minio_engine_pushes_the_checked_binary_before_the_install(calls, tmp_pa
     binary.write_bytes(b"\x7fELF minio")
     sha = botlxc.file_sha256(binary)
     spec = make_spec(tmp_path, components=("drive",), engine="minio",
-                     artifacts={"minio": (binary, sha)})
+                     artifacts={"minio": (str(binary), sha)})
     register_ready(calls)
     runner = botlxc.Runner(dry_run=True)
     ports, failures = botlxc.up(runner, spec)
@@ -203,8 +206,7 @@ def test_minio_engine_pushes_the_checked_binary_before_the_install(calls, tmp_pa
     assert init[-2:] == ["-c", "user.botlxc.engine=minio"]
     assert ["lxc", "config", "device", "add", "acme-drive", "port-9001", "proxy",
             "listen=tcp:127.0.0.1:9001", "connect=tcp:127.0.0.1:9001"] in plan
-    install = plan.index(["lxc", "exec", "acme-drive", "--", "sh",
-                          "/usr/local/lib/botlxc/install.sh"])
+    install = plan.index(["lxc", "exec", "acme-drive", "--", *INSTALL])
     assert plan[install - 1] == ["lxc", "file", "push", str(binary),
                                  "acme-drive/usr/local/bin/minio", "--create-dirs", "--mode",
                                  "0755"]
@@ -219,11 +221,14 @@ def test_a_new_minio_binary_is_a_reinstall_and_the_same_one_is_not(calls, tmp_pa
 
     def spec_with(binary):
         return make_spec(tmp_path, components=("drive",), engine="minio",
-                         artifacts={"minio": (binary, botlxc.file_sha256(binary))})
+                         artifacts={"minio": (str(binary), botlxc.file_sha256(binary))})
 
-    world = up_world(spec_with(old))  # installed with the old binary
-    install = ["lxc", "exec", "acme-drive", "--", "sh", "/usr/local/lib/botlxc/install.sh"]
+    installed = spec_with(old)
+    installed.artifacts = {"minio": (old, botlxc.file_sha256(old))}
+    world = up_world(installed)  # installed with the old binary
+    install = ["lxc", "exec", "acme-drive", "--", *INSTALL]
     register_ready(calls, world)
+    health_reads(calls, installed)
     register_ready(calls, world)
     same, newer = botlxc.Runner(dry_run=True), botlxc.Runner(dry_run=True)
     assert botlxc.up(same, spec_with(old))[1] == {}
@@ -240,9 +245,9 @@ def test_a_new_minio_binary_is_a_reinstall_and_the_same_one_is_not(calls, tmp_pa
 
 def test_tenant_already_up_changes_nothing(calls, tmp_path, ca_file):
     # its own proxy devices listen on the host, so the host sees those ports taken
-    spec = make_spec(tmp_path, host=facts(ca_files=(ca_file,),
-                                          listening=frozenset({5432, 9000, 6379, 22})))
-    register_ready(calls, up_world(spec) + other_tenant({"tables": 5433}))
+    spec = make_spec(tmp_path, host=facts(ca_files=(ca_file,)))
+    register_ready(calls, up_world(spec) + other_tenant({"tables": 5433}), listeners={
+        5432: ("lxd", 900), 9000: ("lxd", 901), 6379: ("lxd", 902), 5433: ("lxd", 903)})
     health_reads(calls, spec)
     runner = botlxc.Runner()
 
@@ -256,9 +261,12 @@ def test_tenant_already_up_changes_nothing(calls, tmp_path, ca_file):
 def test_tenant_already_up_dry_run_plans_nothing(calls, tmp_path, ca_file):
     spec = make_spec(tmp_path, host=facts(ca_files=(ca_file,)))
     register_ready(calls, up_world(spec))
+    health_reads(calls, spec)
     runner = botlxc.Runner(dry_run=True)
     botlxc.up(runner, spec)
-    assert calls.made() == calls.expected == HOST_READS
+    assert calls.made() == calls.expected == HOST_READS + [
+        ["lxc", "exec", "acme-" + c, "--", "sh", "/usr/local/lib/botlxc/health.sh"]
+        for c in ("tables", "drive", "cache")]
     assert runner.script() == ("#!/usr/bin/env bash\n# botlxc %s runbook: the changes botlxc "
                                "would make, in order.\nset -eu\n" % V)
 
@@ -285,10 +293,8 @@ def test_stopped_instance_is_started_not_recreated(calls, tmp_path):
 def test_degraded_boot_counts_and_a_missing_lease_names_the_step(calls, tmp_path):
     spec = make_spec(tmp_path, components=("cache",), services=False)
     register_ready(calls)
-    calls(["mkdir", "-p"] + [str(tmp_path / "stack/cache" / d) for d in ("data", "conf",
-                                                                         "logs")])
-    calls(["chown", "%d:%d" % (OWNER, OWNER)] + [str(tmp_path / "stack/cache" / d)
-                                                 for d in ("data", "conf", "logs")])
+    marker(calls, str(tmp_path / "stack"))
+    host_dirs(calls, str(tmp_path / "stack"), "cache")
     calls(["lxc", "init", "botlxc/debian-12", "acme-cache", "-c", "security.privileged=false",
            "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=cache",
            "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=%s/stack" % tmp_path])
@@ -313,7 +319,8 @@ def test_host_dirs_with_the_wrong_owner_are_chowned_only(calls, tmp_path):
     world = up_world(spec)
     botlxc.os.chown(tmp_path / "stack/cache/logs", 0, 0)
     register_ready(calls, world)
-    calls(["chown", "%d:%d" % (OWNER, OWNER), str(tmp_path / "stack/cache/logs")])
+    calls(["chown", "--no-dereference", "%d:%d" % (OWNER, OWNER),
+           str(tmp_path / "stack/cache/logs")])
     health_reads(calls, spec)
     runner = botlxc.Runner()
     botlxc.up(runner, spec)
@@ -328,9 +335,10 @@ def test_privileged_instance_dirs_belong_to_root(calls, tmp_path):
     botlxc.up(runner, spec)
     assert calls.made() == calls.expected
     S = str(tmp_path / "stack")
-    assert argvs(runner)[:3] == [
+    assert argvs(runner)[2:5] == [
         ["mkdir", "-p", S + "/cache/data", S + "/cache/conf", S + "/cache/logs"],
-        ["chown", "0:0", S + "/cache/data", S + "/cache/conf", S + "/cache/logs"],
+        ["chown", "--no-dereference", "0:0", S + "/cache/data", S + "/cache/conf",
+         S + "/cache/logs"],
         ["lxc", "init", "botlxc/debian-12", "acme-cache", "-c", "security.privileged=true",
          "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=cache",
          "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S]]
@@ -352,8 +360,9 @@ def test_idmap_base_comes_from_the_instance_else_from_the_host():
 
 def test_taken_ports_move_to_the_next_free_one(calls, tmp_path, capsys):
     """5432 and 9000 have host listeners; tenant beta forwards 5433 and 6379."""
-    spec = make_spec(tmp_path, services=False, host=facts(listening=frozenset({5432, 9000})))
-    register_ready(calls, other_tenant({"tables": 5433, "cache": 6379}))
+    spec = make_spec(tmp_path, services=False)
+    register_ready(calls, other_tenant({"tables": 5433, "cache": 6379}),
+                   listeners={5432: ("postgres", 700), 9000: ("minio", 701)})
     runner = botlxc.Runner(dry_run=True)
     ports, _ = botlxc.up(runner, spec)
     assert ports == {("tables", "pg"): 5434, ("drive", "s3"): 9001,
@@ -374,8 +383,8 @@ def test_taken_ports_move_to_the_next_free_one(calls, tmp_path, capsys):
 def test_minio_console_does_not_collide_with_a_moved_s3_port(tmp_path):
     spec = make_spec(tmp_path, components=("drive",), engine="minio")
     snapshot = {"all": [], "mine": {}}
-    assert botlxc.allocate_ports(spec, snapshot, {9000}) == {("drive", "s3"): 9001,
-                                                             ("drive", "console"): 9002}
+    assert botlxc.allocate_ports(spec, snapshot, {9000: "minio (pid 7)"}) == {
+        ("drive", "s3"): 9001, ("drive", "console"): 9002}
 
 
 def test_picked_port_that_is_taken_is_refused_before_any_change(calls, tmp_path):
@@ -384,7 +393,8 @@ def test_picked_port_that_is_taken_is_refused_before_any_change(calls, tmp_path)
     runner = botlxc.Runner()
     with pytest.raises(botlxc.BadInput) as failed:
         botlxc.up(runner, spec)
-    assert str(failed.value) == "port 5433 for tables.pg is already in use on this host"
+    assert str(failed.value) == ("port 5433 for tables.pg is already in use on this host "
+                                 "(instance beta-tables)")
     assert failed.value.exit_code == 2
     assert runner.actions == []
     assert calls.made() == calls.expected
@@ -400,7 +410,7 @@ def test_picked_port_is_used(calls, tmp_path):
 def test_a_pick_wins_over_another_components_default(tmp_path):
     """cache.valkey=5432 is free on the host: tables must move, not the pick be refused."""
     spec = make_spec(tmp_path, port_picks={("cache", "valkey"): 5432})
-    ports = botlxc.allocate_ports(spec, {"all": [], "mine": {}}, frozenset())
+    ports = botlxc.allocate_ports(spec, {"all": [], "mine": {}}, {})
     assert ports[("cache", "valkey")] == 5432
     assert ports[("tables", "pg")] == 5433
 
@@ -408,6 +418,7 @@ def test_a_pick_wins_over_another_components_default(tmp_path):
 def test_remapping_a_port_of_a_running_tenant(calls, tmp_path):
     spec = make_spec(tmp_path, port_picks={("tables", "pg"): 15432})
     register_ready(calls, up_world(spec))
+    calls(["lxc", "config", "set", "acme-tables", "user.botlxc.pinned", "pg"])
     calls(["lxc", "config", "device", "add", "acme-tables", "port-15432", "proxy",
            "listen=tcp:127.0.0.1:15432", "connect=tcp:127.0.0.1:5432"])
     calls(["lxc", "config", "device", "remove", "acme-tables", "port-5432"])
@@ -438,7 +449,8 @@ def test_an_unlabelled_instance_with_the_tenants_name_is_never_taken_over(calls,
     stranger = instance("acme-cache", {"user.owner": "someone else"}, {})
     register_ready(calls, [stranger])
     runner = botlxc.Runner()
-    with pytest.raises(botlxc.BadInput, match="acme-cache exists but botlxc does not manage"):
+    with pytest.raises(botlxc.BadInput, match="acme-cache exists but is not botlxc's for "
+                                             "tenant acme"):
         botlxc.up(runner, spec)
     assert runner.actions == [] and calls.made() == calls.expected
 
@@ -460,11 +472,12 @@ def test_a_data_mount_pointing_elsewhere_is_never_repointed(calls, tmp_path):
     world[0]["devices"]["data"]["source"] = "/srv/old-cache-data"
     register_ready(calls, world)
     runner = botlxc.Runner()
-    ports, failures = botlxc.up(runner, spec)
-    assert list(failures) == ["cache"]
-    assert str(failures["cache"]).startswith(
+    with pytest.raises(botlxc.BotlxcError) as failed:
+        botlxc.up(runner, spec)
+    assert str(failed.value).startswith(
         "acme-cache: device data points at /srv/old-cache-data, expected %s/stack/cache/data"
         % tmp_path)
+    assert failed.value.exit_code == 1
     assert runner.actions == [] and calls.made() == calls.expected
 
 
@@ -474,63 +487,78 @@ def test_one_failing_component_does_not_stop_the_others(calls, tmp_path):
     world[1]["config"]["user.botlxc.installed"] = "0000000000000000"  # cache needs install
     register_ready(calls, world)
     health_reads(calls, spec, ["tables"])
+    calls(["lxc", "exec", "acme-cache", "--", *WAIT_INSTALL])
+    push_secrets(calls, str(spec.stack), "acme-cache", "cache")
     for argv in pushes("acme-cache", "cache"):
         calls(argv)
     for _ in range(3):  # the install is retried (mirror hiccups), then the real error shows
-        calls(["lxc", "exec", "acme-cache", "--", "sh", "/usr/local/lib/botlxc/install.sh"],
-              returncode=100, stderr="E: Unable to locate package valkey-server\n")
+        calls(["lxc", "exec", "acme-cache", "--", *INSTALL], returncode=100,
+              stderr="E: Unable to locate package valkey-server\n")
     runner = botlxc.Runner()
     ports, failures = botlxc.up(runner, spec)
     assert calls.made() == calls.expected
     assert list(failures) == ["cache"]
     assert isinstance(failures["cache"], botlxc.CommandFailed)
     assert str(failures["cache"]) == (
-        "acme-cache: install: command failed (exit 100): lxc exec acme-cache -- sh "
-        "/usr/local/lib/botlxc/install.sh -- E: Unable to locate package valkey-server")
+        "acme-cache: install (log: %s/stack/cache/logs/install.log): command failed (exit 100)"
+        ": lxc exec acme-cache -- %s -- E: Unable to locate package valkey-server"
+        % (tmp_path, botlxc.shlex.join(INSTALL)))
 
 
 def test_components_run_concurrently_each_in_its_own_order(calls, tmp_path):
     spec = make_spec(tmp_path, services=False, jobs=3)
-    S = str(tmp_path / "stack")
-    register_ready(calls)
+    register_new_tenant_containers(calls, spec)
     per_component = {}
     for component in spec.components:
-        calls(["mkdir", "-p"] + ["%s/%s/%s" % (S, component, d) for d in ("data", "conf",
-                                                                            "logs")])
-        calls(["chown", "%d:%d" % (OWNER, OWNER)] + ["%s/%s/%s" % (S, component, d)
-                                                     for d in ("data", "conf", "logs")])
-    for component, port in (("tables", 5432), ("drive", 9000), ("cache", 6379)):
         name = "acme-" + component
-        engine = ["-c", "user.botlxc.engine=rclone"] if component == "drive" else []
-        sequence = [["lxc", "init", "botlxc/debian-12", name, "-c", "security.privileged=false",
-                     "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=" + component,
-                     "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S] + engine]
-        sequence += [["lxc", "config", "device", "add", name, which, "disk",
-                      "source=%s/%s/%s" % (S, component, which), "path=/opt/gbo/" + which]
-                     for which in ("data", "conf", "logs")]
-        sequence += [["lxc", "config", "device", "add", name, "port-%d" % port, "proxy",
-                      "listen=tcp:127.0.0.1:%d" % port, "connect=tcp:127.0.0.1:%d" % port],
-                     ["lxc", "start", name],
-                     ["lxc", "exec", name, "--", "systemctl", "is-system-running", "--wait"]]
+        sequence = [["lxc", "start", name],
+                    ["lxc", "exec", name, "--", "systemctl", "is-system-running", "--wait"],
+                    ["lxc", "exec", name, "--", *botlxc.NETWORK_WAIT]]
         for argv in sequence:
             calls(argv)
-        calls(["lxc", "exec", name, "--", *botlxc.NETWORK_WAIT])
-        per_component[name] = sequence + [["lxc", "exec", name, "--", *botlxc.NETWORK_WAIT]]
+        per_component[name] = sequence
+    prepared = len(calls.expected) - 9
     assert botlxc.up(botlxc.Runner(), spec)[1] == {}
     made = calls.made()
     assert sorted(made) == sorted(calls.expected)
-    assert made[:len(HOST_READS) + 6] == calls.expected[:len(HOST_READS) + 6]
+    # Everything under the host lock in order (one thread), then each container in its own.
+    assert made[:prepared] == calls.expected[:prepared]
     for name, sequence in per_component.items():
-        assert [argv for argv in made if name in argv] == sequence
+        assert [argv for argv in made[prepared:] if name in argv] == sequence
+
+
+def register_new_tenant_containers(calls, spec):
+    """What runs under the host lock for a new tenant: marker, dirs, containers, devices."""
+    S = str(spec.stack)
+    register_ready(calls)
+    marker(calls, S)
+    for component in spec.components:
+        host_dirs(calls, S, component)
+    for component, port in (("tables", 5432), ("drive", 9000), ("cache", 6379)):
+        name = "acme-" + component
+        calls(["lxc", "init", "botlxc/debian-12", name, "-c", "security.privileged=false",
+               "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=" + component,
+               "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S]
+              + (["-c", "user.botlxc.engine=rclone"] if component == "drive" else []))
+        for which in ("data", "conf", "logs"):
+            calls(["lxc", "config", "device", "add", name, which, "disk",
+                   "source=%s/%s/%s" % (S, component, which), "path=/opt/gbo/" + which])
+        calls(["lxc", "config", "device", "add", name, "port-%d" % port, "proxy",
+               "listen=tcp:127.0.0.1:%d" % port, "connect=tcp:127.0.0.1:%d" % port])
 
 
 # ----------------------------------------------------------------------------- secrets
 
 
+def read_env(path):
+    return dict(line.split("=", 1) for line in path.read_text().splitlines()
+                if "=" in line and not line.startswith("#"))
+
+
 def secret_values(stack):
     values = []
     for component in botlxc.DEFAULT_COMPONENTS:
-        values += botlxc.read_env_file(stack / component / "conf" / "secrets.env").values()
+        values += read_env(stack / ".botlxc/secrets" / (component + ".env")).values()
     return values
 
 
@@ -549,22 +577,25 @@ def test_secrets_are_generated_once_private_and_never_sent(calls, tmp_path):
     stack = tmp_path / "stack"
     values = secret_values(stack)
     assert len(values) == 4 and len(set(values)) == 4
+    assert oct((stack / ".botlxc").stat().st_mode & 0o777) == "0o700"
+    assert oct((stack / ".botlxc/secrets").stat().st_mode & 0o777) == "0o700"
     for component, keys in (("tables", ["TABLES_PASSWORD"]),
                             ("drive", ["DRIVE_ACCESSKEY", "DRIVE_SECRET"]),
                             ("cache", ["CACHE_PASSWORD"])):
-        path = stack / component / "conf" / "secrets.env"
+        path = stack / ".botlxc/secrets" / (component + ".env")
         assert oct(path.stat().st_mode & 0o777) == "0o600"
-        found = botlxc.read_env_file(path)
+        assert path.stat().st_uid == botlxc.os.geteuid()  # the host's, not the container's
+        found = read_env(path)
         assert list(found) == keys
         for key, value in found.items():
             assert re.fullmatch(r"[A-Za-z0-9]{%d}" % (20 if key == "DRIVE_ACCESSKEY" else 32),
                                 value), key
-        if botlxc.os.geteuid() == 0:  # owned by the container's root, which reads it
-            assert (path.stat().st_uid, path.stat().st_gid) == (OWNER, OWNER)
+        # nothing secret is left on the mounts, where the container writes
+        assert not (stack / component / "conf" / "secrets.env").exists()
     env = stack / ".env"
     assert oct(env.stat().st_mode & 0o777) == "0o600"
     s = {k: v for c in botlxc.DEFAULT_COMPONENTS
-         for k, v in botlxc.read_env_file(stack / c / "conf" / "secrets.env").items()}
+         for k, v in read_env(stack / ".botlxc/secrets" / (c + ".env")).items()}
     assert env.read_text() == (
         "# BotServer settings for tenant acme, written by botlxc (keep private)\n"
         "DATABASE_URL=postgres://gbuser:%(TABLES_PASSWORD)s@127.0.0.1:5432/botserver\n"
@@ -585,14 +616,56 @@ def test_secrets_are_reused_on_the_next_run(calls, tmp_path):
     prepare_stack(spec)
     before = {p: p.read_text() for p in (tmp_path / "stack").rglob("*") if p.is_file()}
     (tmp_path / "stack" / ".env").unlink()  # lost .env: rewritten from the kept secrets
-    runner = new_tenant_real_run(calls, spec, dirs=False)
+    register_new_tenant(calls, spec, dirs=False)
+    # the containers are new: the same secrets are pushed, so the label is known in advance
+    for component in spec.components:
+        calls.expected[[i for i, argv in enumerate(calls.expected) if argv[:5] == [
+            "lxc", "config", "set", "acme-" + component, "user.botlxc.installed"]][0]][
+            -1] = installed_label(spec, component)
+    runner = botlxc.Runner()
+    assert botlxc.up(runner, spec)[1] == {}
+    assert calls.made() == calls.expected
     after = {p: p.read_text() for p in (tmp_path / "stack").rglob("*") if p.is_file()}
     assert after == before
-    assert sorted(secret_values(tmp_path / "stack")) == sorted(
-        v for c in SECRETS.values() for v in c.values())
     for value in secret_values(tmp_path / "stack"):
         assert value not in runner.script()
         assert not any(value in " ".join(argv) for argv in calls.made())
+
+
+def test_the_hosts_pip_index_travels_with_the_secrets_not_in_a_script(calls, tmp_path):
+    """An index URL may hold credentials: it goes into the pushed 0600 file only."""
+    url = "https://ci:s3cr3t@pypi.internal.example/simple"
+    spec = make_spec(tmp_path, host=facts(pip_index_url=url))
+    runner = new_tenant_real_run(calls, spec)
+    for component in spec.components:
+        master = tmp_path / "stack/.botlxc/secrets" / (component + ".env")
+        assert master.read_text().endswith("\nPIP_INDEX_URL=%s\n" % url)
+    assert "s3cr3t" not in runner.script()
+    assert not any("s3cr3t" in (a.input or "") + " ".join(a.argv) for a in runner.actions)
+
+
+def test_legacy_secrets_on_the_conf_mount_are_adopted_when_they_look_right(calls, tmp_path):
+    """botlxc < 0.3 kept them on the conf mount: read as untrusted input, then moved."""
+    spec = make_spec(tmp_path, components=("tables", "cache"))
+    world = up_world(spec)
+    state = tmp_path / "stack/.botlxc/secrets"
+    for component in ("tables", "cache"):
+        (state / (component + ".env")).unlink()
+    conf = tmp_path / "stack/tables/conf/secrets.env"
+    conf.write_text("TABLES_PASSWORD=%s\n" % SECRETS["tables"]["TABLES_PASSWORD"])
+    # the cache container planted a command where a password belongs
+    (tmp_path / "stack/cache/conf/secrets.env").write_text("CACHE_PASSWORD=$(touch /pwned)\n")
+    register_ready(calls, world)
+    health_reads(calls, spec, ["tables"])
+    register_install(calls, str(spec.stack), "acme-cache", "cache", running=True)
+    runner = botlxc.Runner()
+    assert botlxc.up(runner, spec)[1] == {}
+    assert calls.made() == calls.expected
+    assert (state / "tables.env").read_text() == master_text("tables")  # adopted: no change
+    cache = read_env(state / "cache.env")["CACHE_PASSWORD"]
+    assert re.fullmatch(r"[A-Za-z0-9]{32}", cache)  # refused: a new one, applied by install
+    assert "$(" not in (tmp_path / "stack/.env").read_text()
+    assert "redis://gbuser:%s@127.0.0.1:6379" % cache in (tmp_path / "stack/.env").read_text()
 
 
 def test_env_readable_by_others_is_made_private_again(calls, tmp_path):
@@ -610,6 +683,22 @@ def test_env_readable_by_others_is_made_private_again(calls, tmp_path):
     assert env.read_text() == env_text()
 
 
+def test_env_keeps_the_lines_botlxc_does_not_own(calls, tmp_path):
+    """A BotServer checkout's .env: only botlxc's keys change, in place."""
+    spec = make_spec(tmp_path)
+    world = up_world(spec)
+    env = tmp_path / "stack" / ".env"
+    env.write_text("# my settings\nBOT_NAME=helper\nDATABASE_URL=postgres://old\n"
+                   "export EMAIL_FROM=bot@example.org\n")
+    register_ready(calls, world)
+    health_reads(calls, spec)
+    botlxc.up(botlxc.Runner(), spec)
+    ours = env_text().splitlines()[1:]
+    assert env.read_text().splitlines() == [
+        "# my settings", "BOT_NAME=helper", ours[0], "export EMAIL_FROM=bot@example.org",
+        *ours[1:]]
+
+
 def test_partial_up_keeps_the_other_components_in_env(calls, tmp_path):
     """`up -c cache` on a tenant that is up must not drop DATABASE_URL from .env."""
     full = make_spec(tmp_path)
@@ -623,37 +712,133 @@ def test_partial_up_keeps_the_other_components_in_env(calls, tmp_path):
     assert runner.actions == []
 
 
+# ----------------------------------------------------------------------------- repair
+
+
+def test_an_unhealthy_service_is_repaired_and_labelled_only_after_health(calls, tmp_path):
+    """Package removed inside: the digest still matches, health fails -> full install."""
+    spec = make_spec(tmp_path, components=("cache",))
+    register_ready(calls, up_world(spec))
+    calls(["lxc", "exec", "acme-cache", "--", "sh", "/usr/local/lib/botlxc/health.sh"],
+          returncode=1, stdout="cache: PING got: sh: 1: valkey-cli: not found\n")
+    register_install(calls, str(spec.stack), "acme-cache", "cache",
+                     label=installed_label(spec, "cache"), running=True)
+    runner = botlxc.Runner()
+    assert botlxc.up(runner, spec)[1] == {}
+    assert calls.made() == calls.expected
+    assert argvs(runner)[-1][-2:] == ["user.botlxc.installed", installed_label(spec, "cache")]
+
+
+def test_a_lost_master_secret_is_regenerated_and_applied(calls, tmp_path):
+    spec = make_spec(tmp_path, components=("tables",))
+    world = up_world(spec)
+    (tmp_path / "stack/.botlxc/secrets/tables.env").unlink()
+    register_ready(calls, world)
+    register_install(calls, str(spec.stack), "acme-tables", "tables", running=True)
+    runner = botlxc.Runner()
+    assert botlxc.up(runner, spec)[1] == {}
+    assert calls.made() == calls.expected
+    new = read_env(tmp_path / "stack/.botlxc/secrets/tables.env")["TABLES_PASSWORD"]
+    assert new != SECRETS["tables"]["TABLES_PASSWORD"]
+    assert "gbuser:%s@" % new in (tmp_path / "stack/.env").read_text()
+
+
+def test_a_failed_health_after_install_leaves_no_installed_label(calls, tmp_path):
+    spec = make_spec(tmp_path, components=("tables",))
+    world = up_world(spec, installed=False)
+    register_ready(calls, world)
+    calls(["lxc", "exec", "acme-tables", "--", *WAIT_INSTALL])
+    push_secrets(calls, str(spec.stack), "acme-tables", "tables")
+    for argv in pushes("acme-tables", "tables"):
+        calls(argv)
+    calls(["lxc", "exec", "acme-tables", "--", *INSTALL])
+    calls(["lxc", "exec", "acme-tables", "--", *HEALTH_WAIT], returncode=1,
+          stderr="tables: not accepting connections on 127.0.0.1:5432 (tables.service failed)\n")
+    runner = botlxc.Runner()
+    failures = botlxc.up(runner, spec)[1]
+    assert calls.made() == calls.expected
+    assert str(failures["tables"]) == (
+        "acme-tables: unhealthy after install: tables: not accepting connections on "
+        "127.0.0.1:5432 (tables.service failed) (see: lxc exec acme-tables -- journalctl -u "
+        "tables)")
+    assert not any("user.botlxc.installed" in argv for argv in argvs(runner))
+
+
 # ----------------------------------------------------------------------------- down
 
 
-def test_down_deletes_only_the_tenants_labelled_instances(calls, tmp_path):
+def stop_and_delete(calls, name):
+    calls(["lxc", "stop", name, "--timeout", "120"])
+    calls(["lxc", "delete", name])
+
+
+def test_down_stops_cleanly_then_deletes_only_the_tenants_instances(calls, tmp_path):
     spec = make_spec(tmp_path)
     world = other_tenant({"tables": 5433}) + up_world(spec, installed=False)
     # an unlabelled instance that happens to be called like ours is not ours
     world.append(instance("acme-llm", {}, {}))
+    # a copy keeps the labels (`lxc copy acme-tables acme-tables-backup`): not ours either
+    copy = tenant_instance(spec, "tables")
+    copy["name"] = "acme-tables-backup"
+    world.append(copy)
+    world[-2 - 1]["status"] = "Stopped"  # acme-cache is stopped already: just deleted
     calls(LIST, data=world)
-    for component in ("tables", "drive", "cache"):
-        calls(["lxc", "delete", "acme-" + component, "--force"])
+    stop_and_delete(calls, "acme-tables")
+    stop_and_delete(calls, "acme-drive")
+    calls(["lxc", "delete", "acme-cache"])
     runner = botlxc.Runner()
-    removed = botlxc.down(runner, "acme", ())
+    removed, foreign = botlxc.down(runner, "acme", ())
     assert calls.made() == calls.expected
     assert removed == [("acme-" + c, str(tmp_path / "stack")) for c in ("tables", "drive",
                                                                         "cache")]
+    assert foreign == ["acme-tables-backup"]
     # the data stays on the host, untouched
     assert (tmp_path / "stack" / ".env").read_text() == env_text()
     assert (tmp_path / "stack" / "tables" / "data").is_dir()
 
 
+def test_a_container_that_will_not_stop_in_time_is_forced(calls, tmp_path):
+    spec = make_spec(tmp_path, components=("tables",))
+    calls(LIST, data=up_world(spec, installed=False))
+    calls(["lxc", "stop", "acme-tables", "--timeout", "120"], returncode=1,
+          stderr="Error: Failed shutting down instance: context deadline exceeded\n")
+    calls(["lxc", "stop", "acme-tables", "--force"])
+    calls(["lxc", "delete", "acme-tables"])
+    botlxc.down(botlxc.Runner(), "acme", ())
+    assert calls.made() == calls.expected
+
+
 def test_down_one_component_and_an_absent_tenant(calls, tmp_path):
     spec = make_spec(tmp_path)
     calls(LIST, data=up_world(spec, installed=False))
-    calls(["lxc", "delete", "acme-cache", "--force"])
+    stop_and_delete(calls, "acme-cache")
     calls(LIST, data=[])
     runner = botlxc.Runner()
-    assert botlxc.down(runner, "acme", ("cache",)) == [("acme-cache", str(tmp_path / "stack"))]
-    assert botlxc.down(runner, "acme", ()) == []
+    assert botlxc.down(runner, "acme", ("cache",)) == (
+        [("acme-cache", str(tmp_path / "stack"))], [])
+    assert botlxc.down(runner, "acme", ()) == ([], [])
     assert calls.made() == calls.expected
-    assert argvs(runner) == [["lxc", "delete", "acme-cache", "--force"]]
+    assert argvs(runner) == [["lxc", "stop", "acme-cache", "--timeout", "120"],
+                             ["lxc", "delete", "acme-cache"]]
+
+
+def test_a_copy_with_the_tenants_labels_is_foreign_to_up_and_status(calls, tmp_path):
+    spec = make_spec(tmp_path)
+    world = up_world(spec)
+    copy = tenant_instance(spec, "cache", status="Stopped")  # as `lxc copy` leaves it
+    copy["name"] = "acme-cache-copy"
+    register_ready(calls, world + [copy])
+    health_reads(calls, spec)
+    runner = botlxc.Runner()
+    assert botlxc.up(runner, spec)[1] == {}
+    assert runner.actions == [] and calls.made() == calls.expected
+    calls(LIST, data=world + [copy])
+    health_reads(calls, spec)
+    rows = botlxc.status_rows(botlxc.Runner(), "acme")
+    assert [r["name"] for r in rows] == ["acme-tables", "acme-drive", "acme-cache",
+                                         "acme-cache-copy"]
+    assert rows[-1]["health"] == ("foreign: has tenant acme's labels but not its name; "
+                                  "botlxc leaves it alone")
 
 
 @pytest.mark.parametrize("listen, host", [("127.0.0.1", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"),
@@ -661,19 +846,50 @@ def test_down_one_component_and_an_absent_tenant(calls, tmp_path):
                                           ("::1", "[::1]")])
 def test_env_points_where_the_ports_listen(listen, host, tmp_path):
     spec = make_spec(tmp_path, listen=listen)
-    text = botlxc.stack_env(spec, dict(DEFAULT_PORTS), SECRETS)
+    text = "\n".join(botlxc.env_lines(spec, dict(DEFAULT_PORTS), SECRETS)) + "\n"
     assert "DRIVE_SERVER=http://%s:9000\n" % host in text
     assert "@%s:5432/botserver\n" % host in text
     assert "@%s:6379\n" % host in text
 
 
-def test_a_second_run_on_a_locked_tenant_fails_clearly(tmp_path):
-    with botlxc.tenant_lock("locktest"):
-        with pytest.raises(botlxc.BotlxcError, match="still locked by another botlxc run"):
-            with botlxc.tenant_lock("locktest", wait=0):
-                pass
-    with botlxc.tenant_lock("locktest", wait=0):  # released: free again
+def test_an_ipv6_listen_address_is_bracketed_for_lxd(tmp_path):
+    spec = make_spec(tmp_path, components=("cache",), listen="::1")
+    devices = botlxc.wanted_devices(spec, "cache", {("cache", "valkey"): 6379})
+    assert devices["port-6379"]["listen"] == "tcp:[::1]:6379"
+
+
+# ----------------------------------------------------------------------------- locks
+
+
+def test_a_held_lock_names_its_holder_then_fails_after_the_wait(tmp_path, capsys):
+    run = tmp_path / "run"
+    with botlxc.Lock(run, "tenant-acme"):
+        assert (run / "tenant-acme.lock").read_text().startswith("pid %d: botlxc"
+                                                                  % botlxc.os.getpid())
+        with pytest.raises(botlxc.BotlxcError) as failed:
+            botlxc.Lock(run, "tenant-acme", wait=0).acquire()
+    assert "the tenant-acme lock is still held by pid %d: botlxc" % botlxc.os.getpid() \
+        in str(failed.value)
+    assert failed.value.exit_code == 1
+    with botlxc.Lock(run, "tenant-acme", wait=0):  # released: free again
         pass
+    assert oct(run.stat().st_mode & 0o777) == "0o700"
+
+
+def test_locks_refuse_a_lock_dir_others_could_write_and_a_planted_link(tmp_path):
+    open_dir = tmp_path / "open"
+    open_dir.mkdir(mode=0o777)
+    open_dir.chmod(0o777)
+    with pytest.raises(botlxc.BotlxcError, match="mode 0700"):
+        botlxc.Lock(open_dir, "host", wait=0).acquire()
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me\n")
+    (run / "host.lock").symlink_to(victim)
+    with pytest.raises(OSError):  # O_NOFOLLOW: ELOOP, and the victim is untouched
+        botlxc.Lock(run, "host", wait=0).acquire()
+    assert victim.read_text() == "keep me\n"
 
 
 def test_up_as_a_normal_user_is_one_clear_line_before_any_command(calls, tmp_path):
