@@ -22,8 +22,8 @@ def rendered(tmp_path, component, engine, **host):
 @pytest.mark.parametrize("component, engine", CASES)
 def test_every_file_renders_completely(tmp_path, component, engine):
     files = rendered(tmp_path, component, engine)
-    assert [dest for dest, _, _ in files] == [d for _, d, _ in
-                                             botlxc.COMPONENTS[component].files]
+    assert [dest for dest, _, _ in files] == [
+        d for _, d, _ in botlxc.COMPONENTS[component].files]
     for dest, mode, content in files:
         assert re.fullmatch(r"0[0-7]{3}", mode)
         assert content.endswith("\n"), dest  # keep_trailing_newline: units need it
@@ -104,5 +104,3 @@ def test_the_pip_index_is_read_from_the_pushed_secrets_not_written_in_the_script
     files = dict((Path(d).name, c) for d, _, c in rendered(tmp_path, "drive", "rclone"))
     assert "PIP_INDEX_URL=$(secret PIP_INDEX_URL)" in files["install.sh"]
     assert "--index-url" not in files["install.sh"]
-
-

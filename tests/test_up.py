@@ -449,8 +449,8 @@ def test_an_unlabelled_instance_with_the_tenants_name_is_never_taken_over(calls,
     stranger = instance("acme-cache", {"user.owner": "someone else"}, {})
     register_ready(calls, [stranger])
     runner = botlxc.Runner()
-    with pytest.raises(botlxc.BadInput, match="acme-cache exists but is not botlxc's for "
-                                             "tenant acme"):
+    with pytest.raises(botlxc.BadInput,
+                       match="acme-cache exists but is not botlxc's for tenant acme"):
         botlxc.up(runner, spec)
     assert runner.actions == [] and calls.made() == calls.expected
 
@@ -864,8 +864,8 @@ def test_an_ipv6_listen_address_is_bracketed_for_lxd(tmp_path):
 def test_a_held_lock_names_its_holder_then_fails_after_the_wait(tmp_path, capsys):
     run = tmp_path / "run"
     with botlxc.Lock(run, "tenant-acme"):
-        assert (run / "tenant-acme.lock").read_text().startswith("pid %d: botlxc"
-                                                                  % botlxc.os.getpid())
+        holder = (run / "tenant-acme.lock").read_text()
+        assert holder.startswith("pid %d: botlxc" % botlxc.os.getpid())
         with pytest.raises(botlxc.BotlxcError) as failed:
             botlxc.Lock(run, "tenant-acme", wait=0).acquire()
     assert "the tenant-acme lock is still held by pid %d: botlxc" % botlxc.os.getpid() \
