@@ -41,7 +41,7 @@ live: $(STAMP)
 	$(VENV)/bin/python -m pytest -m live
 
 lint: $(STAMP)
-	$(VENV)/bin/python -m py_compile botlxc.py
+	$(VENV)/bin/python -m flake8 botlxc.py tests scripts
 
 bench: $(STAMP)
 	$(VENV)/bin/python scripts/bench.py --services

@@ -773,7 +773,12 @@ class Lock:
         self.release()
 
     def acquire(self):
-        dir_fd = private_dir(self.run_dir)
+        try:
+            dir_fd = private_dir(self.run_dir)
+        except PermissionError:
+            raise BotlxcError("cannot take the %s lock in %s: permission denied (botlxc "
+                              "changes the host as root; --dry-run needs no lock)"
+                              % (self.name, self.run_dir)) from None
         try:
             fd = os.open(self.name + ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -2005,6 +2010,10 @@ def cmd_up(tenant, dry_run, components, stack_dir, image, privileged, no_host_ca
     if engine == "minio" and "drive" in spec.components and not containers_only:
         spec.artifacts = parse_artifacts(artifacts, sums)
     spec.host = read_host_facts()
+    if not spec.host.root and not dry_run:
+        raise BotlxcError("botlxc up needs root: it gives host dirs to the containers' mapped "
+                          "ids and writes 0600 secrets for them (try: sudo botlxc up, or "
+                          "--dry-run to see the plan)")
     runner = Runner(dry_run)
     started = time.monotonic()
     tenant_lock, host_lock = locks(spec.host, dry_run, wait, "tenant-" + tenant, "host")

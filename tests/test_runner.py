@@ -169,3 +169,41 @@ def test_script_delivers_stdin_byte_for_byte(fp, tmp_path):
     proc = subprocess.run(["bash", str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert {name: (tmp_path / name).read_text() for name in contents} == contents
+
+
+def test_after_ctrl_c_no_new_command_starts(fp):
+    """The first SIGINT lets the running command finish; the next one is never started."""
+    fp.register(["lxc", "start", "acme-tables"])
+    runner = botlxc.Runner()
+    runner.change(["lxc", "start", "acme-tables"], "start")
+    botlxc.INTERRUPTED.set()
+    try:
+        with pytest.raises(botlxc.Interrupted) as stopped:
+            runner.change(["lxc", "start", "acme-cache"], "start")
+        assert stopped.value.exit_code == 130
+        assert "interrupted before: lxc start acme-cache" in str(stopped.value)
+        with pytest.raises(botlxc.Interrupted):
+            runner.read(["lxc", "list", "--format", "json"])
+    finally:
+        botlxc.INTERRUPTED.clear()
+    assert list(fp.calls) == [["lxc", "start", "acme-tables"]]
+
+
+def test_the_sigint_handler_sets_the_flag_first_and_stops_at_once_the_second_time(capsys):
+    botlxc.INTERRUPTED.clear()
+    try:
+        botlxc.on_interrupt(2, None)
+        assert botlxc.INTERRUPTED.is_set()
+        assert "stopping after the running step" in capsys.readouterr().err
+        with pytest.raises(KeyboardInterrupt):
+            botlxc.on_interrupt(2, None)
+    finally:
+        botlxc.INTERRUPTED.clear()
+
+
+def test_commands_run_in_their_own_session(fp):
+    """The terminal's Ctrl-C must not reach `lxc exec` (it would forward it to apt)."""
+    seen = {}
+    fp.register(["true"], callback=lambda process: seen.update(process.kwargs or {}))
+    botlxc.Runner().read(["true"])
+    assert seen.get("start_new_session") is True
