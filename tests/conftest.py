@@ -17,6 +17,7 @@ Worlds (what LXD answers), named as in the design notes:
                  labelled instances with data/conf/logs/port-N devices, Running, with
                  user.botlxc.installed / host-ca as botlxc sets them), plus another tenant
 """
+import hashlib
 import json
 import os
 
@@ -303,7 +304,7 @@ def installed_label(spec, component):
     """user.botlxc.installed as ensure_service sets it (test_up checks they agree)."""
     parts = [part for item in botlxc.render_files(spec, component) for part in item]
     binary = spec.artifacts.get("minio") if spec.engine_of(component) == "minio" else None
-    return botlxc.digest(*parts, binary[1] if binary else "", master_text(component))
+    return botlxc.digest(*parts, binary[1] if binary else "")
 
 
 def tenant_instance(spec, component, ports=None, status="Running", installed=True,
@@ -403,3 +404,19 @@ def health_reads(calls, spec, components=None):
     for component in components or spec.components:
         calls(["lxc", "exec", spec.name(component), "--", "sh",
                "/usr/local/lib/botlxc/health.sh"], stdout="%s: ok\n" % component)
+
+
+def secrets_read(calls, spec, component, text=None):
+    """`sha256sum` of the secrets inside the container; by default they are the ones the
+    tenant that is up has (SECRETS)."""
+    sha = hashlib.sha256((master_text(component) if text is None else text).encode())
+    calls(["lxc", "exec", spec.name(component), "--", "sha256sum", "/etc/botlxc/secrets.env"],
+          stdout="%s  /etc/botlxc/secrets.env\n" % sha.hexdigest())
+
+
+def converged_reads(calls, spec, components=None):
+    """What `up` reads of an installed component to leave it alone: the sha256 of the
+    secrets inside (the host's copy), then the health probe."""
+    for component in components or spec.components:
+        secrets_read(calls, spec, component)
+        health_reads(calls, spec, [component])

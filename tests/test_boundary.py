@@ -11,7 +11,7 @@ import stat
 import pytest
 
 import botlxc
-from conftest import make_spec, prepare_stack, register_ready, up_world
+from conftest import make_spec, prepare_stack, register_ready, secrets_read, up_world
 from test_up import register_install
 
 
@@ -142,6 +142,7 @@ def planted(tmp_path, canary, how):
 def test_planted_legacy_secrets_never_reach_the_host(calls, tmp_path, canary, how, capsys):
     spec, world = planted(tmp_path, canary, how)
     register_ready(calls, world)
+    secrets_read(calls, spec, "tables")  # the old secrets, still in the container
     register_install(calls, str(spec.stack), "acme-tables", "tables", running=True)
     runner = botlxc.Runner()
     assert botlxc.up(runner, spec)[1] == {}

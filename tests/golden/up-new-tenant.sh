@@ -329,7 +329,7 @@ lxc exec acme-tables -- flock -w 900 /run/botlxc-install.lock sh -c 'sh /usr/loc
 lxc exec acme-tables -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-tables user.botlxc.installed 57edc06460d572ba
+lxc config set acme-tables user.botlxc.installed fe09b1ff35d1f574
 
 # start acme-drive
 lxc start acme-drive
@@ -528,7 +528,7 @@ lxc exec acme-drive -- flock -w 900 /run/botlxc-install.lock sh -c 'sh /usr/loca
 lxc exec acme-drive -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-drive user.botlxc.installed 6a9d4f36b13ea967
+lxc config set acme-drive user.botlxc.installed c1697d971d0e450a
 
 # start acme-cache
 lxc start acme-cache
@@ -736,4 +736,4 @@ lxc exec acme-cache -- flock -w 900 /run/botlxc-install.lock sh -c 'sh /usr/loca
 lxc exec acme-cache -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-cache user.botlxc.installed 31dc01f9e0e4b010
+lxc config set acme-cache user.botlxc.installed 38114ec379650584
