@@ -5,10 +5,10 @@ import pytest
 
 import botlxc
 from conftest import (ANY, DEFAULT_PORTS, IMAGE_LIST, LIST, OWNER, QUERY_NETWORKS,
-                      QUERY_POOLS, QUERY_PROFILE, QUERY_SERVER, SECRETS, SS, env_text, facts,
-                      converged_reads, health_reads, installed_label, instance, make_spec,
-                      master_text, other_tenant, secrets_read, prepare_stack, register_host, register_ready,
-                      register_routes, tenant_instance, up_world, world_facts)
+                      QUERY_POOLS, QUERY_PROFILE, QUERY_SERVER, SECRETS, SS, converged_reads,
+                      env_text, facts, health_reads, installed_label, instance, make_spec,
+                      master_text, other_tenant, prepare_stack, register_host, register_ready,
+                      register_routes, secrets_read, tenant_instance, up_world, world_facts)
 
 V = botlxc.VERSION
 HOST_READS = [QUERY_SERVER, QUERY_POOLS, QUERY_NETWORKS, QUERY_PROFILE, IMAGE_LIST, LIST, SS]
