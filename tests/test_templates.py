@@ -104,3 +104,20 @@ def test_the_pip_index_is_read_from_the_pushed_secrets_not_written_in_the_script
     files = dict((Path(d).name, c) for d, _, c in rendered(tmp_path, "drive", "rclone"))
     assert "PIP_INDEX_URL=$(secret PIP_INDEX_URL)" in files["install.sh"]
     assert "--index-url" not in files["install.sh"]
+
+
+@pytest.mark.parametrize("component, engine", CASES)
+def test_installs_survive_an_earlier_run_killed_halfway(tmp_path, component, engine):
+    """apt waits for the dpkg lock and finishes an interrupted dpkg first; PostgreSQL is
+    initialised beside its place and renamed in, so a half cluster never stays."""
+    files = {Path(dest).name: content for dest, _, content in
+             rendered(tmp_path, component, engine)}
+    script = files["install.sh"]
+    assert "dpkg --configure -a" in script
+    assert "apt-get -o DPkg::Lock::Timeout=600 install" in script
+    assert "apt-get update" not in script.replace("apt-get -o DPkg::Lock::Timeout=600 update",
+                                                  "")
+    if component == "tables":
+        init = script.index('initdb" -D "$PGDATA.init"')
+        assert script.index('rm -rf "$PGDATA.init"') < init < script.index(
+            'mv "$PGDATA.init" "$PGDATA"')

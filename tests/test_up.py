@@ -914,3 +914,26 @@ def test_dependency_waves_order_dependents_after_what_they_need():
     catalogue["tables"] = botlxc.dataclasses.replace(catalogue["tables"], depends_on=("cache",))
     with pytest.raises(botlxc.BotlxcError, match="in a circle"):
         botlxc.dependency_waves(("tables", "cache"), catalogue)
+
+
+def test_the_host_lock_covers_ports_and_containers_and_not_the_installs(calls, tmp_path):
+    """Port choice and the proxy devices that reserve the ports happen under the host lock;
+    start, install and health do not (other tenants' runs would wait for them)."""
+    spec = make_spec(tmp_path)
+    register_new_tenant(calls, spec)
+    seen = {}
+
+    class HostLock:
+        def __enter__(self):
+            seen["entered"] = len(calls.fp.calls)
+
+        def __exit__(self, *exc):
+            seen["left"] = len(calls.fp.calls)
+
+    assert botlxc.up(botlxc.Runner(), spec, HostLock())[1] == {}
+    made = calls.made()
+    assert seen["entered"] == 0
+    under = made[:seen["left"]]
+    assert under[-1][:4] == ["lxc", "config", "device", "add"] and "proxy" in under[-1]
+    assert SS in under and sum(argv[:2] == ["lxc", "init"] for argv in under) == 3
+    assert not any(argv[:2] == ["lxc", "start"] for argv in under)
