@@ -47,6 +47,7 @@ import string
 import subprocess
 import threading
 import time
+import types
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -228,6 +229,14 @@ class Runner:
             raise CommandFailed(argv, proc.returncode, proc.stderr, step)
         return proc
 
+    def jobs(self, wanted):
+        """How many steps may run at once: one in a dry run, so the runbook reads in order."""
+        return 1 if self.dry_run else max(1, wanted)
+
+    def outcome(self, done, planned):
+        """The word for a finished step: what happened, or in a dry run what would."""
+        return planned if self.dry_run else done
+
     def local(self, shown_argv, why, func):
         """A change done in-process; shown_argv is the botlxc command that does the same."""
         with self._lock:
@@ -244,7 +253,10 @@ class Runner:
             proc = subprocess.run(argv, input=input, capture_output=True, text=True,
                                   start_new_session=True)
         except FileNotFoundError:
-            raise CommandFailed(argv, 127, "%s: command not found" % argv[0], step) from None
+            if check:
+                raise CommandFailed(argv, 127, "%s: command not found" % argv[0], step) from None
+            proc = types.SimpleNamespace(returncode=127, stdout="",
+                                         stderr="%s: command not found" % argv[0])
         if check and proc.returncode != 0:
             raise CommandFailed(argv, proc.returncode, proc.stderr, step)
         return proc
@@ -1006,6 +1018,7 @@ def ensure_lxd_installed(runner, world, facts):
     runner.change(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y",
                    "--no-install-recommends", *HOST_PACKAGES],
                   "install LXD and what botlxc needs on the host", step="install LXD")
+    facts.lxc, facts.lxd = "/usr/bin/lxc", "/usr/bin/lxd"  # where Debian's packages put them
     # The facts were read before this install: now mkfs.btrfs and debootstrap are there
     # too (in a dry run: will be), so the pool and the image build can count on them.
     facts.btrfs = facts.btrfs or kernel_has_btrfs()
@@ -1074,11 +1087,11 @@ def ensure_host(runner, facts):
     ensure_lxd_installed(runner, world, facts)
     ensure_subids(runner, world, facts)
     ensure_lxd_running(runner, world, facts)
-    if not world["daemon"] and not runner.dry_run:
+    if not world["daemon"]:
         # A daemon we just installed or started may well be initialised already (a host
-        # after a reboot): look again rather than preseed over an existing setup.
-        world = observe_host(runner, dataclasses.replace(
-            facts, lxc=facts.lxc or shutil.which("lxc"), lxd=facts.lxd or shutil.which("lxd")))
+        # after a reboot): look again rather than preseed over an existing setup. (In a dry
+        # run nothing started, so this finds it down again and the plan goes on.)
+        world = observe_host(runner, facts)
     ensure_lxd_initialised(runner, world, facts)
     return world
 
@@ -1136,8 +1149,9 @@ def ensure_image(runner, facts, world, requested=None):
     """The image to launch from: --image, else the local build, else images:, else build."""
     if requested:
         return requested
-    if runner.dry_run and not world["daemon"]:
-        # Nothing to ask yet (LXD is not running): plan the build a real run would do.
+    if not world["daemon"]:
+        # Only in a dry run on a host where LXD does not run yet: nothing to ask, so plan
+        # the build a real run would do.
         build_image_actions(runner, facts)
         return LOCAL_IMAGE
     if lxc_image_alias(runner, LOCAL_IMAGE):
@@ -1765,11 +1779,8 @@ def bring_up_component(runner, spec, component, inst):
     started = time.monotonic()
     name = start_instance(runner, spec, component, inst)
     changed = ensure_service(runner, spec, component, inst) if spec.services else False
-    if runner.dry_run:
-        say("%-16s planned" % name)
-    else:
-        say("%-16s ready  (%.1fs)%s" % (name, time.monotonic() - started,
-                                        "  installed" if changed else ""))
+    say("%-16s %s" % (name, runner.outcome("ready  (%.1fs)%s" % (
+        time.monotonic() - started, "  installed" if changed else ""), "planned")))
     return name
 
 
@@ -1796,7 +1807,7 @@ def prepare(runner, spec):
     world = ensure_host(runner, spec.host)
     image = ensure_image(runner, spec.host, world, spec.image)
     # In a dry run on a host without a running LXD there is nothing to list yet.
-    snapshot = observe_tenant(runner, spec.tenant) if world["daemon"] or not runner.dry_run \
+    snapshot = observe_tenant(runner, spec.tenant) if world["daemon"] \
         else {"all": [], "mine": {}, "foreign": []}
     listeners = host_listeners(runner)
     taken = sorted({i["name"] for i in snapshot["all"]} & {
@@ -1832,15 +1843,10 @@ def prepare(runner, spec):
 def up(runner, spec, host_lock=None):
     """Bring a tenant up: prepare() under the host lock, then each component's start,
     install and health, concurrently where the dependencies allow."""
-    if not spec.host.root and not runner.dry_run:
-        raise BotlxcError("botlxc up needs root: it gives host dirs to the containers' mapped "
-                          "ids and writes 0600 secrets for them (try: sudo botlxc up, or "
-                          "--dry-run to see the plan)")
     with host_lock or contextlib.nullcontext():
         snapshot, ports = prepare(runner, spec)
     failures = {}
-    jobs = 1 if runner.dry_run else max(1, spec.jobs)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=runner.jobs(spec.jobs)) as pool:
         for wave in dependency_waves(spec.components):
             futures = {}
             for comp in wave:
@@ -1863,8 +1869,7 @@ def up(runner, spec, host_lock=None):
     return ports, failures
 
 
-def status_rows(runner, tenant, check_health=True):
-    snapshot = observe_tenant(runner, tenant)
+def status_rows(runner, snapshot, tenant, check_health=True):
     rows = []
     for comp, inst in sorted(snapshot["mine"].items(),
                              key=lambda kv: list(COMPONENTS).index(kv[0])
@@ -1894,9 +1899,8 @@ def status_rows(runner, tenant, check_health=True):
     return rows
 
 
-def down(runner, tenant, components):
+def down(runner, snapshot, components):
     """Stop the tenant's containers cleanly and delete them; returns (removed, foreign)."""
-    snapshot = observe_tenant(runner, tenant)
     removed = []
     for comp in components or tuple(snapshot["mine"]):
         inst = snapshot["mine"].get(comp)
@@ -1944,6 +1948,63 @@ def finish(runner):
         say("%d change%s" % (len(runner.actions), "" if len(runner.actions) == 1 else "s"))
 
 
+def check_can_change(facts, dry_run, command):
+    if not facts.root and not dry_run:
+        raise BotlxcError("botlxc %s needs root: it changes host dirs, secrets and LXD as root "
+                          "(try: sudo botlxc %s, or --dry-run to see the plan)"
+                          % (command, command))
+
+
+@dataclasses.dataclass
+class Op:
+    """What a tenant command's operation gets: its tenant, the host's facts, the Runner, and
+    one `lxc list` snapshot, taken when first asked for (under the tenant lock)."""
+
+    tenant: str
+    runner: Runner
+    host: HostFacts
+    wait: int = LOCK_WAIT
+    _snapshot: dict = None
+
+    @property
+    def snapshot(self):
+        if self._snapshot is None:
+            self._snapshot = observe_tenant(self.runner, self.tenant)
+        return self._snapshot
+
+    def host_lock(self):
+        return locks(self.host, self.runner.dry_run, self.wait, "host")[0]
+
+
+def tenant_command(name, group=None, changes=True, check=None):
+    """One shape for tenant commands: validate -> host facts -> Runner -> tenant lock ->
+    the operation (observing once, through Op.snapshot) -> finish (runbook or change count;
+    exit codes through main). `check(**options)` validates and normalises the command's own
+    options before anything else runs; read-only commands take no lock and print no count.
+    """
+    def wrap(operation):
+        def command(tenant, dry_run=False, wait=LOCK_WAIT, **options):
+            tenant = validate_tenant(tenant)
+            if check:
+                options = check(**options)
+            host = read_host_facts()
+            if changes:
+                check_can_change(host, dry_run, name)
+            runner = Runner(dry_run)
+            lock, = locks(host, dry_run or not changes, wait, "tenant-" + tenant)
+            with lock:
+                result = operation(Op(tenant, runner, host, wait), **options)
+            if changes:
+                finish(runner)
+            return result
+        command.__name__, command.__doc__ = operation.__name__, operation.__doc__
+        command.__click_params__ = list(getattr(operation, "__click_params__", []))
+        if changes:
+            command = wait_option(dry_run_option(command))
+        return (group or cli).command(name)(tenant_option(command))
+    return wrap
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(VERSION, prog_name="botlxc")
 @click.option("-v", "--verbose", count=True, help="Show every command botlxc runs.")
@@ -1976,9 +2037,23 @@ def cmd_host_setup(dry_run, wait, image):
     finish(runner)
 
 
-@cli.command("up")
-@tenant_option
-@dry_run_option
+def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports, engine,
+             artifacts, sums, containers_only, jobs):
+    if (artifacts or sums) and engine != "minio":
+        raise BadInput("--artifact/--sha256 are for --engine minio; the %s engine needs none"
+                       % engine)
+    components = validate_components(components or DEFAULT_COMPONENTS)
+    return dict(
+        components=components,
+        stack=Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else None,
+        image=validate_image(image), privileged=privileged, host_ca=not no_host_ca,
+        listen=validate_listen(listen), engine=engine, services=not containers_only,
+        port_picks=parse_port_picks(ports, COMPONENTS), jobs=jobs,
+        artifacts=parse_artifacts(artifacts, sums) if engine == "minio" and "drive" in
+        components and not containers_only else {})
+
+
+@tenant_command("up", check=check_up)
 @click.option("--component", "-c", "components", multiple=True,
               help="Only this component (repeatable). Default: %s." % ", ".join(DEFAULT_COMPONENTS))
 @click.option("--stack-dir", help="Host root of the tenant's data/conf/logs dirs.")
@@ -2000,43 +2075,22 @@ def cmd_host_setup(dry_run, wait, image):
               help="Containers, mounts and ports only; install no services.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 16), default=3, show_default=True,
               help="Components brought up at the same time.")
-@wait_option
-def cmd_up(tenant, dry_run, components, stack_dir, image, privileged, no_host_ca, listen,
-           ports, engine, artifacts, sums, containers_only, jobs, wait):
+def cmd_up(op, **wanted):
     """Create or converge the tenant's containers and services (idempotent)."""
-    spec = Spec(tenant=validate_tenant(tenant),
-                components=validate_components(components or DEFAULT_COMPONENTS),
-                stack=Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else None,
-                image=validate_image(image), privileged=privileged, host_ca=not no_host_ca,
-                listen=validate_listen(listen), engine=engine, services=not containers_only,
-                port_picks=parse_port_picks(ports, COMPONENTS), jobs=jobs)
-    if (artifacts or sums) and engine != "minio":
-        raise BadInput("--artifact/--sha256 are for --engine minio; the %s engine needs none"
-                       % engine)
-    if engine == "minio" and "drive" in spec.components and not containers_only:
-        spec.artifacts = parse_artifacts(artifacts, sums)
-    spec.host = read_host_facts()
-    if not spec.host.root and not dry_run:
-        raise BotlxcError("botlxc up needs root: it gives host dirs to the containers' mapped "
-                          "ids and writes 0600 secrets for them (try: sudo botlxc up, or "
-                          "--dry-run to see the plan)")
-    runner = Runner(dry_run)
+    spec = Spec(tenant=op.tenant, host=op.host, **wanted)
     started = time.monotonic()
-    tenant_lock, host_lock = locks(spec.host, dry_run, wait, "tenant-" + tenant, "host")
-    with tenant_lock:
-        allocated, failures = up(runner, spec, host_lock)
-    finish(runner)
+    allocated, failures = up(op.runner, spec, op.host_lock())
     if failures:
         error = BotlxcError("%d of %d components failed: %s (each error is shown above)" % (
             len(failures), len(spec.components), ", ".join(sorted(failures))))
         # A failed command anywhere makes it exit 3, like a single failed command would.
         error.exit_code = max(exc.exit_code for exc in failures.values())
         raise error
-    if not dry_run:
+    if not op.runner.dry_run:
         port_text = ", ".join("%s.%s=%s:%d" % (c, p, listen_address(spec.listen), hp)
                               for (c, p), hp in sorted(allocated.items()))
         say("tenant %s up in %.1fs; data in %s; ports %s" % (
-            tenant, time.monotonic() - started, spec.stack, port_text))
+            op.tenant, time.monotonic() - started, spec.stack, port_text))
 
 
 @cli.command("secrets")
@@ -2068,18 +2122,17 @@ def cmd_secrets(tenant, stack_dir, ports, listen):
     say("secrets: %s" % ("written" if runner.actions else "already in place"))
 
 
-@cli.command("status")
-@tenant_option
+@tenant_command("status", changes=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 @click.option("--no-health", is_flag=True, help="Skip the service health checks.")
-def cmd_status(tenant, as_json, no_health):
+def cmd_status(op, as_json, no_health):
     """The tenant's containers: state, address, ports and service health."""
-    rows = status_rows(Runner(), validate_tenant(tenant), check_health=not no_health)
+    rows = status_rows(op.runner, op.snapshot, op.tenant, check_health=not no_health)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        say("tenant %s has no containers (botlxc up --tenant %s)" % (tenant, tenant))
+        say("tenant %s has no containers (botlxc up --tenant %s)" % (op.tenant, op.tenant))
         return
     click.echo("%-18s %-8s %-15s %-28s %s" % ("NAME", "STATE", "IPV4", "PORTS", "HEALTH"))
     for row in rows:
@@ -2088,29 +2141,21 @@ def cmd_status(tenant, as_json, no_health):
             " ".join(v for v in row["ports"].values()) or "-", row["health"]))
 
 
-@cli.command("down")
-@tenant_option
-@dry_run_option
+@tenant_command("down", check=lambda components: dict(
+    components=validate_components(components) if components else ()))
 @click.option("--component", "-c", "components", multiple=True, help="Only this component.")
-@wait_option
-def cmd_down(tenant, dry_run, components, wait):
+def cmd_down(op, components):
     """Stop the tenant's containers cleanly and delete them. Host dirs (the data) stay."""
-    tenant = validate_tenant(tenant)
-    comps = validate_components(components) if components else ()
-    runner = Runner(dry_run)
-    tenant_lock, = locks(read_host_facts(), dry_run, wait, "tenant-" + tenant)
-    with tenant_lock:
-        removed, foreign = down(runner, tenant, comps)
-    finish(runner)
-    if not dry_run:
+    removed, foreign = down(op.runner, op.snapshot, components)
+    if not op.runner.dry_run:
         for name, stack in removed:
             say("deleted %s" % name)
         stacks = sorted({s for _, s in removed if s})
         say("data kept in %s" % (", ".join(stacks) if stacks else "the host dirs")
-            if removed else "tenant %s has no containers" % tenant)
+            if removed else "tenant %s has no containers" % op.tenant)
     for name in foreign:
         say("left alone: %s (has tenant %s's labels but not its name, e.g. an `lxc copy`)"
-            % (name, tenant))
+            % (name, op.tenant))
 
 
 def on_interrupt(signum, frame):

@@ -75,10 +75,13 @@ def test_missing_lxd_without_root_or_debian_is_one_line_and_exit_1(fp, root, deb
 
 
 def test_nothing_installed_plans_install_start_and_init_without_systemd(calls):
-    register_routes(calls)  # reads still run in a dry run: the bridge needs a free subnet
+    # Reads still run in a dry run: a look at the (planned, so still absent) daemon after
+    # the start, and the host's networks, since the bridge needs a free subnet.
+    register_host(calls, "down")
+    register_routes(calls)
     runner = botlxc.Runner(dry_run=True)
     world = botlxc.ensure_host(runner, world_facts("nothing"))
-    assert calls.made() == calls.expected == [IP_ROUTES, IP_ADDRS]
+    assert calls.made() == calls.expected == [QUERY_SERVER, IP_ROUTES, IP_ADDRS]
     assert argvs(runner) == [APT_UPDATE, APT_INSTALL, LOG_DIR, START_DAEMON, WAITREADY,
                              PRESEED]
     assert runner.actions[-1].input == PRESEED_BTRFS
@@ -88,6 +91,7 @@ def test_nothing_installed_plans_install_start_and_init_without_systemd(calls):
 def test_fresh_host_without_subids_gives_root_a_range_before_lxd_starts(calls):
     """Debian's lxd package adds no /etc/subuid entry; newuidmap then refuses LXD's
     default range and no unprivileged container starts (seen on a fresh machine)."""
+    register_host(calls, "down")
     register_routes(calls)
     runner = botlxc.Runner(dry_run=True)
     botlxc.ensure_host(runner, world_facts("nothing", subids=False))
@@ -107,6 +111,7 @@ def test_host_with_subids_is_not_touched(calls):
 
 
 def test_nothing_installed_with_systemd_starts_lxd_through_systemctl(calls):
+    register_host(calls, "down")
     register_routes(calls)
     runner = botlxc.Runner(dry_run=True)
     botlxc.ensure_host(runner, world_facts("nothing", systemd=True))
@@ -116,15 +121,17 @@ def test_nothing_installed_with_systemd_starts_lxd_through_systemctl(calls):
 
 def test_daemon_down_is_started_in_the_background_without_systemd(calls):
     register_host(calls, "down")
+    register_host(calls, "down")  # looked at again after the (planned) start
     register_routes(calls)
     runner = botlxc.Runner(dry_run=True)
     botlxc.ensure_host(runner, world_facts("down", lxd="/opt/lxd/bin/lxd"))
-    assert calls.made() == calls.expected == [QUERY_SERVER, IP_ROUTES, IP_ADDRS]
+    assert calls.made() == calls.expected == [QUERY_SERVER, QUERY_SERVER, IP_ROUTES, IP_ADDRS]
     start = [a if a != "/usr/bin/lxd" else "/opt/lxd/bin/lxd" for a in START_DAEMON]
     assert argvs(runner) == [LOG_DIR, start, WAITREADY, PRESEED]
 
 
 def test_daemon_down_with_systemd_is_started_through_systemctl(calls):
+    register_host(calls, "down")
     register_host(calls, "down")
     register_routes(calls)
     runner = botlxc.Runner(dry_run=True)

@@ -168,6 +168,7 @@ def test_plan_on_a_host_without_a_running_lxd(calls, tmp_path, world):
     """`up --dry-run` works before LXD runs: it plans bootstrap, image build and tenant."""
     spec = make_spec(tmp_path, host=world_facts(world))
     register_host(calls, world)
+    register_host(calls, "down")  # looked at again after the planned start: still down
     register_routes(calls)
     calls(SS, stdout="")
     runner = botlxc.Runner(dry_run=True)
@@ -789,7 +790,7 @@ def test_down_stops_cleanly_then_deletes_only_the_tenants_instances(calls, tmp_p
     stop_and_delete(calls, "acme-drive")
     calls(["lxc", "delete", "acme-cache"])
     runner = botlxc.Runner()
-    removed, foreign = botlxc.down(runner, "acme", ())
+    removed, foreign = botlxc.down(runner, botlxc.observe_tenant(runner, "acme"), ())
     assert calls.made() == calls.expected
     assert removed == [("acme-" + c, str(tmp_path / "stack")) for c in ("tables", "drive",
                                                                         "cache")]
@@ -806,7 +807,8 @@ def test_a_container_that_will_not_stop_in_time_is_forced(calls, tmp_path):
           stderr="Error: Failed shutting down instance: context deadline exceeded\n")
     calls(["lxc", "stop", "acme-tables", "--force"])
     calls(["lxc", "delete", "acme-tables"])
-    botlxc.down(botlxc.Runner(), "acme", ())
+    runner = botlxc.Runner()
+    botlxc.down(runner, botlxc.observe_tenant(runner, "acme"), ())
     assert calls.made() == calls.expected
 
 
@@ -816,9 +818,9 @@ def test_down_one_component_and_an_absent_tenant(calls, tmp_path):
     stop_and_delete(calls, "acme-cache")
     calls(LIST, data=[])
     runner = botlxc.Runner()
-    assert botlxc.down(runner, "acme", ("cache",)) == (
+    assert botlxc.down(runner, botlxc.observe_tenant(runner, "acme"), ("cache",)) == (
         [("acme-cache", str(tmp_path / "stack"))], [])
-    assert botlxc.down(runner, "acme", ()) == ([], [])
+    assert botlxc.down(runner, botlxc.observe_tenant(runner, "acme"), ()) == ([], [])
     assert calls.made() == calls.expected
     assert argvs(runner) == [["lxc", "stop", "acme-cache", "--timeout", "120"],
                              ["lxc", "delete", "acme-cache"]]
@@ -836,7 +838,8 @@ def test_a_copy_with_the_tenants_labels_is_foreign_to_up_and_status(calls, tmp_p
     assert runner.actions == [] and calls.made() == calls.expected
     calls(LIST, data=world + [copy])
     health_reads(calls, spec)
-    rows = botlxc.status_rows(botlxc.Runner(), "acme")
+    runner = botlxc.Runner()
+    rows = botlxc.status_rows(runner, botlxc.observe_tenant(runner, "acme"), "acme")
     assert [r["name"] for r in rows] == ["acme-tables", "acme-drive", "acme-cache",
                                          "acme-cache-copy"]
     assert rows[-1]["health"] == ("foreign: has tenant acme's labels but not its name; "
@@ -894,13 +897,13 @@ def test_locks_refuse_a_lock_dir_others_could_write_and_a_planted_link(tmp_path)
     assert victim.read_text() == "keep me\n"
 
 
-def test_up_as_a_normal_user_is_one_clear_line_before_any_command(calls, tmp_path):
-    spec = make_spec(tmp_path, host=facts(root=False))
-    runner = botlxc.Runner()
+def test_a_changing_command_as_a_normal_user_is_one_clear_line(calls):
     with pytest.raises(botlxc.BotlxcError, match="botlxc up needs root") as failed:
-        botlxc.up(runner, spec)
+        botlxc.check_can_change(facts(root=False), False, "up")
     assert failed.value.exit_code == 1
-    assert runner.actions == [] and calls.made() == []
+    botlxc.check_can_change(facts(root=False), True, "up")  # a dry run may
+    botlxc.check_can_change(facts(), False, "up")
+    assert calls.made() == []
 
 
 def test_dependency_waves_order_dependents_after_what_they_need():
