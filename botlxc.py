@@ -244,14 +244,23 @@ class Runner:
         if not self.dry_run:
             func()
 
-    def _exec(self, argv, input=None, check=True, step=""):
+    def attach(self, argv):
+        """Run argv on the user's own terminal (exec, logs -f) and return its exit code.
+
+        Not a change botlxc makes: the user's command, whatever it does. It stays in the
+        terminal's session, so the user's Ctrl-C reaches it as it would by hand.
+        """
+        debug("attach: " + shlex.join(argv))
+        return self._exec(argv, check=False, attached=True).returncode
+
+    def _exec(self, argv, input=None, check=True, step="", attached=False):
         if INTERRUPTED.is_set():
             raise Interrupted("interrupted before: %s" % shlex.join(argv))
         try:
-            # A session of its own: the terminal's Ctrl-C reaches botlxc only, never an
-            # `lxc exec` that would forward it to apt or initdb inside a container.
-            proc = subprocess.run(argv, input=input, capture_output=True, text=True,
-                                  start_new_session=True)
+            # Captured commands get a session of their own: the terminal's Ctrl-C reaches
+            # botlxc only, never an `lxc exec` that would forward it to apt or initdb.
+            proc = subprocess.run(argv, input=input, capture_output=not attached, text=True,
+                                  start_new_session=not attached)
         except FileNotFoundError:
             if check:
                 raise CommandFailed(argv, 127, "%s: command not found" % argv[0], step) from None
@@ -312,11 +321,21 @@ def lxc_remote_image_reachable(runner, image):
     return proc.returncode == 0
 
 
-def lxc_init(runner, image, name, config):
+def lxc_init(runner, image, name, config, devices=None):
     argv = ["lxc", "init", image, name]
     for key, value in config.items():
         argv += ["-c", "%s=%s" % (key, value)]
+    for device, props in (devices or {}).items():  # e.g. the root disk's size
+        argv += ["-d", "%s,%s" % (device, ",".join("%s=%s" % kv for kv in props.items()))]
     runner.change(argv, "create instance %s from %s" % (name, image), step=name + ": create")
+
+
+def lxc_device_override(runner, name, device, props, why, local):
+    """Set a device's keys; one the instance has only from its profile is copied first."""
+    verb = ["set"] if local else ["override"]
+    runner.change(["lxc", "config", "device", *verb, name, device,
+                   *["%s=%s" % kv for kv in props.items()]], why,
+                  step=name + ": device " + device)
 
 
 def lxc_config_set(runner, name, key, value, why):
@@ -347,6 +366,25 @@ def lxc_stop(runner, name):
         runner.change(["lxc", "stop", name, "--force"],
                       "%s did not stop in %d s: force it" % (name, STOP_TIMEOUT),
                       step=name + ": stop")
+
+
+def lxc_pause(runner, name):
+    runner.change(["lxc", "pause", name], "freeze %s (a consistent copy)" % name,
+                  step=name + ": pause")
+
+
+def lxc_snapshot(runner, name, snap):
+    runner.change(["lxc", "snapshot", name, snap], "LXD snapshot %s/%s (its root filesystem)"
+                  % (name, snap), step=name + ": snapshot")
+
+
+def lxc_restore(runner, name, snap):
+    runner.change(["lxc", "restore", name, snap], "restore %s's root filesystem from %s"
+                  % (name, snap), step=name + ": restore")
+
+
+def lxc_config_unset(runner, name, key, why):
+    runner.change(["lxc", "config", "unset", name, key], why, step=name + ": config")
 
 
 def lxc_delete(runner, name):
@@ -563,6 +601,38 @@ def validate_image(image):
         raise BadInput("invalid --image %r: expected [REMOTE:]ALIAS or a fingerprint, e.g. "
                        "images:debian/12" % image)
     return image
+
+
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)(B|kB|MB|GB|TB|KiB|MiB|GiB|TiB)")
+#: A snapshot name: what LXD accepts in `lxc snapshot`, and a plain dir name on the host.
+_SNAPSHOT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def validate_size(value, what):
+    """A size as LXD writes it (512MB, 2GiB), more than nothing."""
+    match = _SIZE_RE.fullmatch(value or "")
+    if not match or float(match.group(1)) <= 0:
+        raise BadInput("invalid %s %r: give a size such as 512MB or 2GiB" % (what, value))
+    return value
+
+
+def validate_cpu(value):
+    """A count of CPUs (2), or the CPUs to pin to (0-1, 0,2), as limits.cpu takes them."""
+    if re.fullmatch(r"[1-9]\d{0,3}", value or ""):
+        return value
+    spans = (value or "").split(",")
+    if all(re.fullmatch(r"\d{1,4}(-\d{1,4})?", span) for span in spans) and all(
+            int(a) <= int(b) for a, _, b in (span.partition("-") for span in spans) if b):
+        return value
+    raise BadInput("invalid --cpu %r: give a count of CPUs (e.g. 2) or the CPUs to use "
+                   "(e.g. 0-1 or 0,2)" % value)
+
+
+def validate_snapshot_name(name):
+    if not _SNAPSHOT_RE.fullmatch(name or ""):
+        raise BadInput("invalid snapshot name %r: letters, digits, '.', '_' and '-', starting "
+                       "with a letter or digit, at most 63 characters" % name)
+    return name
 
 
 def listen_address(address):
@@ -1222,7 +1292,8 @@ class Spec:
     components: tuple
     stack: Path
     image: str = None
-    privileged: bool = False
+    #: None: as the tenant's containers are (new ones unprivileged)
+    privileged: bool = None
     host_ca: bool = True
     listen: str = "127.0.0.1"
     port_picks: dict = dataclasses.field(default_factory=dict)
@@ -1536,18 +1607,35 @@ def create_instance(runner, spec, component, inst, ports, image):
     name = spec.name(component)
     pinned = ",".join(sorted(
         {p for (c, p) in spec.port_picks if c == component} | pinned_ports(inst)))
+    wanted = wanted_limits(spec, component)
+    disk = wanted.pop("disk", None)
+    # Delete protection: a stray `lxc delete` cannot take a tenant's container; botlxc
+    # lifts it itself in down and destroy.
+    wanted["security.protection.delete"] = "true"
+    if pinned:
+        wanted[LABEL + "pinned"] = pinned
     if inst is None:
         config = {"security.privileged": "true" if spec.privileged else "false",
                   LABEL + "tenant": spec.tenant, LABEL + "component": component,
                   LABEL + "version": VERSION, LABEL + "stack": str(spec.stack)}
         if component == "drive":
             config[LABEL + "engine"] = spec.engine
-        if pinned:
-            config[LABEL + "pinned"] = pinned
-        lxc_init(runner, image, name, config)
+        lxc_init(runner, image, name, {**config, **wanted},
+                 {"root": {"size": disk}} if disk else None)
     else:
-        ensure_config(runner, name, inst, {LABEL + "pinned": pinned} if pinned else {})
+        ensure_config(runner, name, inst, wanted)
+        ensure_root_size(runner, name, inst, disk)
     ensure_devices(runner, spec, component, inst, ports)
+
+
+def ensure_root_size(runner, name, inst, size):
+    """The root disk's size limit, on the instance's own copy of the profile's root disk."""
+    if not size:
+        return
+    local = (inst.get("devices") or {}).get("root")
+    if (local or {}).get("size") != size:
+        lxc_device_override(runner, name, "root", {"size": size},
+                            "root disk of %s limited to %s" % (name, size), local is not None)
 
 
 def start_instance(runner, spec, component, inst):
@@ -1558,6 +1646,36 @@ def start_instance(runner, spec, component, inst):
         wait_ready(runner, name)
     ensure_host_ca(runner, spec, name, inst)
     return name
+
+
+# ---- the tenant's wishes that outlive its containers (limits)
+
+
+def limits_path(stack):
+    return stack / STATE_DIR / "limits.json"
+
+
+def read_limits(stack):
+    """{component: {"limits.cpu": .., "limits.memory": .., "disk": ..}} as `limits` set them;
+    kept on the host so a container made again by `up` gets them again."""
+    text = read_file(limits_path(stack))
+    try:
+        found = json.loads(text) if text else {}
+    except ValueError:
+        raise BotlxcError("%s is not JSON; fix or remove it" % limits_path(stack)) from None
+    checks = {"limits.cpu": validate_cpu,
+              "limits.memory": lambda v: validate_size(v, "limits.memory"),
+              "disk": lambda v: validate_size(v, "disk")}
+    clean = {}
+    for comp, values in (found.items() if isinstance(found, dict) else ()):
+        if comp in COMPONENTS and isinstance(values, dict):
+            clean[comp] = {key: checks[key](str(value)) for key, value in values.items()
+                           if key in checks}
+    return clean
+
+
+def wanted_limits(spec, component):
+    return dict(read_limits(spec.stack).get(component, {}))
 
 
 # ---- secrets and the stack's .env
@@ -1816,6 +1934,13 @@ def prepare(runner, spec):
         raise BadInput("instance %s exists but is not botlxc's for tenant %s (no matching "
                        "user.botlxc.* labels); rename it or use another tenant name"
                        % (", ".join(taken), spec.tenant))
+    for inst in snapshot["mine"].values():
+        privileged = (inst.get("config") or {}).get("security.privileged") == "true"
+        if spec.privileged is not None and privileged != spec.privileged:
+            raise BadInput("%s is %s; switching in place is not supported (its files on the "
+                           "host dirs belong to the container's ids): down, then up %s"
+                           % (inst["name"], "privileged" if privileged else "unprivileged",
+                              "--privileged" if spec.privileged else "--unprivileged"))
     engine = labels(snapshot["mine"].get("drive", {})).get("engine")
     if engine and "drive" in spec.components and engine != spec.engine:
         raise BadInput("%s runs drive engine %s; switching engines is not supported in place "
@@ -1899,6 +2024,16 @@ def status_rows(runner, snapshot, tenant, check_health=True):
     return rows
 
 
+def remove_instance(runner, inst):
+    """Stop cleanly, lift botlxc's delete protection, delete (its LXD snapshots go too)."""
+    if inst.get("status") != "Stopped":
+        lxc_stop(runner, inst["name"])
+    if (inst.get("config") or {}).get("security.protection.delete") == "true":
+        lxc_config_unset(runner, inst["name"], "security.protection.delete",
+                         "lift %s's delete protection (botlxc set it)" % inst["name"])
+    lxc_delete(runner, inst["name"])
+
+
 def down(runner, snapshot, components):
     """Stop the tenant's containers cleanly and delete them; returns (removed, foreign)."""
     removed = []
@@ -1906,9 +2041,7 @@ def down(runner, snapshot, components):
         inst = snapshot["mine"].get(comp)
         if inst is None:
             continue
-        if inst.get("status") != "Stopped":
-            lxc_stop(runner, inst["name"])
-        lxc_delete(runner, inst["name"])
+        remove_instance(runner, inst)
         removed.append((inst["name"], labels(inst).get("stack")))
     return removed, [inst["name"] for inst in snapshot["foreign"]]
 
@@ -2059,7 +2192,9 @@ def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports
 @click.option("--stack-dir", help="Host root of the tenant's data/conf/logs dirs.")
 @click.option("--image", help="Image to launch from (default: %s, else a local build)."
               % REMOTE_IMAGE)
-@click.option("--privileged", is_flag=True, help="Privileged containers (not recommended).")
+@click.option("--privileged/--unprivileged", default=None,
+              help="Privileged containers (not recommended); default: as they are, new ones "
+                   "unprivileged.")
 @click.option("--no-host-ca", is_flag=True, help="Do not copy the host's CA certificates in.")
 @click.option("--listen", default="127.0.0.1", show_default=True,
               help="Host address the forwarded ports listen on.")

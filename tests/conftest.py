@@ -312,7 +312,8 @@ def tenant_instance(spec, component, ports=None, status="Running", installed=Tru
     """{tenant}-{component} exactly as botlxc creates it: labels, mounts, proxy devices."""
     ports = {**DEFAULT_PORTS, **CONSOLE_PORT, **(ports or {})}
     stack = str(spec.stack)
-    config = {"security.privileged": "false", "user.botlxc.tenant": spec.tenant,
+    config = {"security.privileged": "false", "security.protection.delete": "true",
+              "user.botlxc.tenant": spec.tenant,
               "user.botlxc.component": component, "user.botlxc.version": botlxc.VERSION,
               "user.botlxc.stack": stack}
     if component == "drive":

@@ -224,9 +224,13 @@ def test_down_dry_run_prints_the_runbook_on_stdout(capsys, calls, tmp_path):
         "set -eu\n\n"
         "# stop acme-tables, its services shut down cleanly\n"
         "lxc stop acme-tables --timeout 120\n\n"
+        "# lift acme-tables's delete protection (botlxc set it)\n"
+        "lxc config unset acme-tables security.protection.delete\n\n"
         "# delete instance acme-tables (host dirs stay)\nlxc delete acme-tables\n\n"
         "# stop acme-cache, its services shut down cleanly\n"
         "lxc stop acme-cache --timeout 120\n\n"
+        "# lift acme-cache's delete protection (botlxc set it)\n"
+        "lxc config unset acme-cache security.protection.delete\n\n"
         "# delete instance acme-cache (host dirs stay)\nlxc delete acme-cache\n"
         % botlxc.VERSION)
     assert calls.made() == calls.expected

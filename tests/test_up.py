@@ -18,6 +18,8 @@ INSTALL = ["flock", "-w", "900", "/run/botlxc-install.lock", "sh", "-c",
 HEALTH_WAIT = ["sh", "-c",
                "i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); "
                "[ $i -lt 45 ] || { echo \"$out\" >&2; exit 1; }; sleep 2; done; echo \"$out\""]
+#: Every tenant container is created with LXD's delete protection on.
+PROTECTED = ["-c", "security.protection.delete=true"]
 WAIT_INSTALL = ["flock", "-w", "900", "/run/botlxc-install.lock", "true"]
 
 
@@ -53,7 +55,8 @@ def test_new_tenant_containers_only(calls, tmp_path):
         calls(["lxc", "init", "botlxc/debian-12", name, "-c", "security.privileged=false",
                "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=" + component,
                "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S]
-              + (["-c", "user.botlxc.engine=rclone"] if component == "drive" else []))
+              + (["-c", "user.botlxc.engine=rclone"] if component == "drive" else [])
+              + PROTECTED)
         for which in ("data", "conf", "logs"):
             calls(["lxc", "config", "device", "add", name, which, "disk",
                    "source=%s/%s/%s" % (S, component, which), "path=/opt/gbo/" + which])
@@ -113,7 +116,8 @@ def register_new_tenant(calls, spec, ca_file=None, dirs=True):
         name = "acme-" + component
         calls(["lxc", "init", "botlxc/debian-12", name, "-c", "security.privileged=false",
                "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=" + component,
-               "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S] + engine)
+               "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S] + engine
+              + PROTECTED)
         for which in ("data", "conf", "logs"):
             calls(["lxc", "config", "device", "add", name, which, "disk",
                    "source=%s/%s/%s" % (S, component, which), "path=/opt/gbo/" + which])
@@ -204,7 +208,7 @@ def test_minio_engine_pushes_the_checked_binary_before_the_install(calls, tmp_pa
     assert ports == {("drive", "s3"): 9000, ("drive", "console"): 9001}
     plan = argvs(runner)
     (init,) = [argv for argv in plan if argv[:2] == ["lxc", "init"]]
-    assert init[-2:] == ["-c", "user.botlxc.engine=minio"]
+    assert init[-4:] == ["-c", "user.botlxc.engine=minio", *PROTECTED]
     assert ["lxc", "config", "device", "add", "acme-drive", "port-9001", "proxy",
             "listen=tcp:127.0.0.1:9001", "connect=tcp:127.0.0.1:9001"] in plan
     install = plan.index(["lxc", "exec", "acme-drive", "--", *INSTALL])
@@ -297,7 +301,8 @@ def test_degraded_boot_counts_and_a_missing_lease_names_the_step(calls, tmp_path
     host_dirs(calls, str(tmp_path / "stack"), "cache")
     calls(["lxc", "init", "botlxc/debian-12", "acme-cache", "-c", "security.privileged=false",
            "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=cache",
-           "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=%s/stack" % tmp_path])
+           "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=%s/stack" % tmp_path,
+           *PROTECTED])
     for which in ("data", "conf", "logs"):
         calls(["lxc", "config", "device", "add", "acme-cache", which, "disk",
                "source=%s/stack/cache/%s" % (tmp_path, which), "path=/opt/gbo/" + which])
@@ -341,7 +346,7 @@ def test_privileged_instance_dirs_belong_to_root(calls, tmp_path):
          S + "/cache/logs"],
         ["lxc", "init", "botlxc/debian-12", "acme-cache", "-c", "security.privileged=true",
          "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=cache",
-         "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S]]
+         "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S, *PROTECTED]]
 
 
 def test_idmap_base_comes_from_the_instance_else_from_the_host():
@@ -539,7 +544,8 @@ def register_new_tenant_containers(calls, spec):
         calls(["lxc", "init", "botlxc/debian-12", name, "-c", "security.privileged=false",
                "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=" + component,
                "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S]
-              + (["-c", "user.botlxc.engine=rclone"] if component == "drive" else []))
+              + (["-c", "user.botlxc.engine=rclone"] if component == "drive" else [])
+              + PROTECTED)
         for which in ("data", "conf", "logs"):
             calls(["lxc", "config", "device", "add", name, which, "disk",
                    "source=%s/%s/%s" % (S, component, which), "path=/opt/gbo/" + which])
@@ -772,6 +778,7 @@ def test_a_failed_health_after_install_leaves_no_installed_label(calls, tmp_path
 
 def stop_and_delete(calls, name):
     calls(["lxc", "stop", name, "--timeout", "120"])
+    calls(["lxc", "config", "unset", name, "security.protection.delete"])
     calls(["lxc", "delete", name])
 
 
@@ -788,6 +795,7 @@ def test_down_stops_cleanly_then_deletes_only_the_tenants_instances(calls, tmp_p
     calls(LIST, data=world)
     stop_and_delete(calls, "acme-tables")
     stop_and_delete(calls, "acme-drive")
+    calls(["lxc", "config", "unset", "acme-cache", "security.protection.delete"])
     calls(["lxc", "delete", "acme-cache"])
     runner = botlxc.Runner()
     removed, foreign = botlxc.down(runner, botlxc.observe_tenant(runner, "acme"), ())
@@ -806,6 +814,7 @@ def test_a_container_that_will_not_stop_in_time_is_forced(calls, tmp_path):
     calls(["lxc", "stop", "acme-tables", "--timeout", "120"], returncode=1,
           stderr="Error: Failed shutting down instance: context deadline exceeded\n")
     calls(["lxc", "stop", "acme-tables", "--force"])
+    calls(["lxc", "config", "unset", "acme-tables", "security.protection.delete"])
     calls(["lxc", "delete", "acme-tables"])
     runner = botlxc.Runner()
     botlxc.down(runner, botlxc.observe_tenant(runner, "acme"), ())
@@ -823,6 +832,8 @@ def test_down_one_component_and_an_absent_tenant(calls, tmp_path):
     assert botlxc.down(runner, botlxc.observe_tenant(runner, "acme"), ()) == ([], [])
     assert calls.made() == calls.expected
     assert argvs(runner) == [["lxc", "stop", "acme-cache", "--timeout", "120"],
+                             ["lxc", "config", "unset", "acme-cache",
+                              "security.protection.delete"],
                              ["lxc", "delete", "acme-cache"]]
 
 
