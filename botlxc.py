@@ -218,13 +218,14 @@ class Runner:
         debug("read: " + shlex.join(argv))
         return self._exec(argv, input=input, check=check, step=step)
 
-    def change(self, argv, why, input=None, ok_codes=(0,), step=""):
+    def change(self, argv, why, input=None, ok_codes=(0,), step="", always=False):
+        """always: runs even after Ctrl-C (undoing a pause must not be skipped)."""
         with self._lock:
             self.actions.append(Action(list(argv), why, input, tuple(ok_codes)))
         if self.dry_run:
             return None
         debug("change: " + shlex.join(argv))
-        proc = self._exec(argv, input=input, check=False, step=step)
+        proc = self._exec(argv, input=input, check=False, step=step, always=always)
         if proc.returncode not in ok_codes:
             raise CommandFailed(argv, proc.returncode, proc.stderr, step)
         return proc
@@ -253,8 +254,8 @@ class Runner:
         debug("attach: " + shlex.join(argv))
         return self._exec(argv, check=False, attached=True).returncode
 
-    def _exec(self, argv, input=None, check=True, step="", attached=False):
-        if INTERRUPTED.is_set():
+    def _exec(self, argv, input=None, check=True, step="", attached=False, always=False):
+        if INTERRUPTED.is_set() and not always:
             raise Interrupted("interrupted before: %s" % shlex.join(argv))
         try:
             # Captured commands get a session of their own: the terminal's Ctrl-C reaches
@@ -1758,14 +1759,19 @@ def merge_env(old, tenant, lines):
     return "\n".join(kept) + "\n"
 
 
-def ensure_secrets(runner, spec, ports, shown_argv):
-    """Generate each component's secrets once; keep them; bring .env up to date."""
+def ensure_secrets(runner, spec, ports, shown_argv, rotate=()):
+    """Generate each component's secrets once; keep them; bring .env up to date.
+
+    Components in `rotate` get new secrets (applied to the services by their install).
+    """
     values, to_write = {}, {}
     for comp in spec.components:
         keys = COMPONENTS[comp].secrets
         current = parse_secrets(read_file(secrets_master(spec, comp)), keys)
         if set(current) != set(keys):
             current = {**legacy_secrets(spec, comp), **current}
+        if comp in rotate:
+            current = {}
         values[comp] = {key: current.get(key) or new_secret(
             20 if key.endswith("ACCESSKEY") else 32) for key in keys}
         text = secrets_text(values[comp], spec.host.pip_index_url)
@@ -1792,6 +1798,8 @@ def ensure_secrets(runner, spec, ports, shown_argv):
 
     shown = shown_argv + ["secrets", "--tenant", spec.tenant, "--stack-dir", str(spec.stack),
                           "--listen", spec.listen]
+    for comp in rotate:
+        shown += ["--rotate", comp]
     for (comp, pname), port in sorted(ports.items()):
         shown += ["--port", "%s.%s=%d" % (comp, pname, port)]
     runner.local(shown, "generate missing secrets (0600, never shown) and bring %s up to date"
@@ -1825,6 +1833,17 @@ def health(runner, name):
     proc = lxc_exec(runner, name, ["sh", LIB_DIR + "/health.sh"], step=name + ": health")
     text = (proc.stdout.strip() or proc.stderr.strip() or "").splitlines()
     return proc.returncode == 0, (text[-1] if text else "exit %d" % proc.returncode)
+
+
+def wait_healthy(runner, name, component, when):
+    """Wait in the container until the service answers; fail naming its last answer."""
+    try:
+        lxc_exec(runner, name, HEALTH_WAIT, why="wait until %s answers its health check" % name,
+                 step=name + ": health")
+    except CommandFailed as exc:
+        raise BotlxcError("%s: unhealthy %s: %s (see: botlxc logs %s -t %s)" % (
+            name, when, exc.stderr.strip().splitlines()[-1] if exc.stderr.strip()
+            else "exit %s" % exc.rc, component, name[:-len(component) - 1])) from None
 
 
 def ensure_service(runner, spec, component, inst):
@@ -1867,13 +1886,7 @@ def ensure_service(runner, spec, component, inst):
                       "MinIO server binary (sha256 %s)" % binary[1], source=str(binary[0]))
     say("%-16s installing %s" % (name, COMPONENTS[component].summary))
     run_install(runner, spec, name, component)
-    try:
-        lxc_exec(runner, name, HEALTH_WAIT, why="wait until %s answers its health check" % name,
-                 step=name + ": health")
-    except CommandFailed as exc:
-        raise BotlxcError("%s: unhealthy after install: %s (see: lxc exec %s -- journalctl -u "
-                          "%s)" % (name, exc.stderr.strip().splitlines()[-1] if exc.stderr.strip()
-                                   else "exit %s" % exc.rc, name, component)) from None
+    wait_healthy(runner, name, component, "after install")
     lxc_config_set(runner, name, LABEL + "installed", want,
                    "remember what is installed and healthy (skips the install next time)")
     return True
@@ -2046,6 +2059,498 @@ def down(runner, snapshot, components):
     return removed, [inst["name"] for inst in snapshot["foreign"]]
 
 
+# ---- day-2 operations: each works on the tenant's snapshot (Op) and changes through the Runner
+
+#: Run inside a container by `update`: packages upgraded under the install lock, output on
+#: the logs mount (a vanished botlxc cannot break apt's pipe), its tail on stderr.
+UPGRADE = ["flock", "-w", "900", INSTALL_LOCK, "sh", "-c",
+           "{ export DEBIAN_FRONTEND=noninteractive; dpkg --configure -a && "
+           "apt-get -o DPkg::Lock::Timeout=600 update -q && "
+           "apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold -qy upgrade; "
+           "} </dev/null >/opt/gbo/logs/update.log 2>&1; rc=$?; "
+           "tail -n 20 /opt/gbo/logs/update.log >&2; exit $rc"]
+#: Run inside a container by `logs`: the unit's journal, then the files on the logs mount;
+#: with "follow", both as they grow. Arguments: unit, lines, follow or not.
+LOGS = ["sh", "-c",
+        'journalctl -u "$1" -n "$2" --no-pager -q ${3:+-f} & '
+        'if [ -n "$3" ]; then tail -n "$2" -F /opt/gbo/logs/*.log; '
+        'else wait; tail -n "$2" /opt/gbo/logs/*.log 2>/dev/null; fi']
+#: What a scheduled snapshot's name starts with; --keep prunes only these.
+AUTO_PREFIX = "auto-"
+
+
+def stamp():
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
+def catalogue_order(component):
+    return list(COMPONENTS).index(component) if component in COMPONENTS else len(COMPONENTS)
+
+
+def tenant_stack(op):
+    """The tenant's stack as its containers record it, checked like any stack."""
+    stacks = {labels(i).get("stack") for i in op.snapshot["mine"].values()} - {None}
+    if not stacks:
+        raise BotlxcError("tenant %s has no containers (botlxc up --tenant %s)"
+                          % (op.tenant, op.tenant))
+    stack = check_host_path(Path(sorted(stacks)[0]))
+    check_stack_entries(stack, COMPONENTS)
+    return stack
+
+
+def chosen(op, components=()):
+    """[(component, instance)] of the tenant: those named (all if none), catalogue order."""
+    mine = op.snapshot["mine"]
+    missing = [c for c in components if c not in mine]
+    if missing:
+        raise BadInput("tenant %s has no %s container (botlxc up --tenant %s -c %s)"
+                       % (op.tenant, ", ".join(missing), op.tenant, missing[0]))
+    if not mine:
+        raise BotlxcError("tenant %s has no containers (botlxc up --tenant %s)"
+                          % (op.tenant, op.tenant))
+    return [(c, mine[c]) for c in sorted(mine, key=catalogue_order)
+            if not components or c in components]
+
+
+def installed(inst):
+    return bool(labels(inst).get("installed"))
+
+
+def stop_components(runner, pairs):
+    """The service first (its data shut down cleanly), then the container."""
+    for comp, inst in pairs:
+        name = inst["name"]
+        if inst.get("status") == "Running" and installed(inst):
+            lxc_exec(runner, name, ["systemctl", "stop", comp + ".service"],
+                     why="stop the %s service in %s first" % (comp, name), step=name + ": stop")
+        if inst.get("status") != "Stopped":
+            lxc_stop(runner, name)
+
+
+def start_components(runner, pairs):
+    for comp, inst in pairs:
+        name = inst["name"]
+        lxc_start(runner, name)
+        wait_ready(runner, name)
+        if installed(inst):
+            wait_healthy(runner, name, comp, "after start")
+
+
+def snapshot_dir(stack, name=None):
+    """Where a botlxc snapshot keeps its copy of the host dirs (root only, never mounted)."""
+    base = stack / STATE_DIR / "snapshots"
+    return base / name if name else base
+
+
+def lxd_snapshots(inst):
+    return {s["name"]: s.get("created_at", "") for s in inst.get("snapshots") or []}
+
+
+def data_snapshots(stack):
+    """{name: components} of the host-dir copies; names only, nothing inside is read."""
+    found = {}
+    base = snapshot_dir(stack)
+    if lstat_or_none(base) is None:
+        return found
+    for entry in sorted(os.listdir(str(base))):
+        if _SNAPSHOT_RE.fullmatch(entry) and stat.S_ISDIR(os.lstat(str(base / entry)).st_mode):
+            found[entry] = sorted(c for c in os.listdir(str(base / entry)) if c in COMPONENTS)
+    return found
+
+
+def take_snapshot(runner, stack, pairs, name):
+    """Tenant-consistent: every running container frozen together, LXD snapshots of their
+    root filesystems and copies of their host dirs taken, then all resumed."""
+    frozen = [inst["name"] for _, inst in pairs if inst.get("status") == "Running"]
+    taken = []
+    for inst_name in frozen:
+        lxc_pause(runner, inst_name)
+    try:
+        for _, inst in pairs:
+            lxc_snapshot(runner, inst["name"], name)
+            taken.append(inst["name"])
+        runner.change(["install", "-d", "-m", "0700", str(snapshot_dir(stack)),
+                       str(snapshot_dir(stack, name))] + [
+                           str(snapshot_dir(stack, name) / comp) for comp, _ in pairs],
+                      "snapshot %s of the host dirs" % name, step="snapshot " + name)
+        for comp, _ in pairs:
+            runner.change(["cp", "-a", "--reflink=auto",
+                           *[str(stack / comp / which) for which in HOST_DIRS],
+                           str(snapshot_dir(stack, name) / comp)],
+                          "copy %s's data, conf and logs (reflinks where the filesystem can)"
+                          % comp, step="snapshot " + name)
+    except BaseException:
+        # A half snapshot would pass for a whole one: take away what was made.
+        for inst_name in taken:
+            runner.change(["lxc", "delete", "%s/%s" % (inst_name, name)],
+                          "remove the incomplete snapshot", ok_codes=(0, 1), always=True)
+        runner.change(["rm", "-rf", "--one-file-system", str(snapshot_dir(stack, name))],
+                      "remove the incomplete copy", always=True)
+        raise
+    finally:
+        for inst_name in frozen:
+            runner.change(["lxc", "start", inst_name], "resume " + inst_name,
+                          step=inst_name + ": resume", always=True)
+
+
+def create_snapshot(op, name, components, keep=None):
+    stack, pairs = tenant_stack(op), chosen(op, components)
+    name = validate_snapshot_name(name or AUTO_PREFIX + stamp())
+    taken = [inst["name"] for _, inst in pairs if name in lxd_snapshots(inst)]
+    if taken or name in data_snapshots(stack):
+        raise BadInput("snapshot %s exists already (%s); pick another name or delete it"
+                       % (name, ", ".join(taken) or snapshot_dir(stack, name)))
+    take_snapshot(op.runner, stack, pairs, name)
+    say("snapshot %s: %s" % (name, op.runner.outcome("taken", "planned")))
+    if keep is not None:
+        autos = sorted(n for n in set(list_snapshots(op)) | {name} if n.startswith(AUTO_PREFIX))
+        for old in autos[:max(0, len(autos) - keep)]:
+            delete_snapshot(op, old, components)
+    return name
+
+
+def list_snapshots(op, components=()):
+    """{name: {"created": .., "containers": [..], "data": [..]}} of the tenant."""
+    stack, pairs = tenant_stack(op), chosen(op, components)
+    rows = {}
+    for comp, inst in pairs:
+        for name, created in lxd_snapshots(inst).items():
+            row = rows.setdefault(name, {"created": created, "containers": [], "data": []})
+            row["containers"].append(comp)
+            row["created"] = min(row["created"], created) or created
+    for name, comps in data_snapshots(stack).items():
+        row = rows.setdefault(name, {"created": "", "containers": [], "data": []})
+        row["data"] = [c for c in comps if not components or c in components]
+    return dict(sorted(rows.items()))
+
+
+def restore_snapshot(runner, stack, pairs, name):
+    """Both parts back: the containers stopped, their root filesystems restored, the host
+    dirs set aside (kept as snapshot before-restore-...) and copied back, then started and
+    waited for until healthy."""
+    missing = [inst["name"] for comp, inst in pairs if name not in lxd_snapshots(inst)
+               or comp not in data_snapshots(stack).get(name, ())]
+    if missing:
+        raise BadInput("snapshot %s has no copy of %s (botlxc snapshot list)"
+                       % (name, ", ".join(missing)))
+    stop_components(runner, pairs)
+    aside = snapshot_dir(stack, "before-restore-" + stamp())
+    runner.change(["install", "-d", "-m", "0700", str(aside)],
+                  "the data as it was before the restore stays here", step="restore " + name)
+    for comp, inst in pairs:
+        lxc_restore(runner, inst["name"], name)
+        runner.change(["install", "-d", "-m", "0700", str(aside / comp)],
+                      "room for %s's data as it was" % comp, step="restore " + name)
+        runner.change(["mv", *[str(stack / comp / which) for which in HOST_DIRS],
+                       str(aside / comp)], "set %s's data aside" % comp, step="restore " + name)
+        runner.change(["cp", "-a", "--reflink=auto",
+                       *[str(snapshot_dir(stack, name) / comp / which) for which in HOST_DIRS],
+                       str(stack / comp)], "%s's data as it was at %s" % (comp, name),
+                      step="restore " + name)
+    start_components(runner, pairs)
+    return aside
+
+
+def delete_snapshot(op, name, components=()):
+    stack, pairs = tenant_stack(op), chosen(op, components)
+    found = False
+    for _, inst in pairs:
+        if name in lxd_snapshots(inst):
+            found = True
+            op.runner.change(["lxc", "delete", "%s/%s" % (inst["name"], name)],
+                             "delete LXD snapshot %s/%s" % (inst["name"], name),
+                             step=inst["name"] + ": delete snapshot")
+    if name in data_snapshots(stack):
+        found = True
+        # rm never follows the links a container may have left in its copied dirs
+        op.runner.change(["rm", "-rf", "--one-file-system", str(snapshot_dir(stack, name))],
+                         "delete the host-dir copy of snapshot %s" % name,
+                         step="delete snapshot " + name)
+    if not found:
+        raise BadInput("tenant %s has no snapshot %s (botlxc snapshot list)" % (op.tenant, name))
+
+
+#: --every -> (cron time, systemd OnCalendar)
+SCHEDULES = {"hourly": ("7 * * * *", "hourly"), "daily": ("17 3 * * *", "*-*-* 03:17:00"),
+             "weekly": ("17 3 * * 0", "Sun *-*-* 03:17:00")}
+
+
+def schedule_files(facts, tenant):
+    """The files a snapshot schedule is made of: a cron.d line, or a systemd timer + unit."""
+    base = "botlxc-snapshot-" + tenant
+    if facts.systemd:
+        return [Path("/etc/systemd/system") / (base + ".timer"),
+                Path("/etc/systemd/system") / (base + ".service")]
+    return [Path("/etc/cron.d") / base]
+
+
+def snapshot_schedule(facts, tenant):
+    """A one-line description of the tenant's snapshot schedule, or None."""
+    files = schedule_files(facts, tenant)
+    text = read_file(files[0], 4096)
+    if text is None:
+        return None
+    keep = re.search(r"--keep (\d+)", read_file(files[-1], 4096) or "")
+    every = next((k for k, (cron, calendar) in SCHEDULES.items()
+                  if cron in text or "OnCalendar=%s\n" % calendar in text), "custom")
+    return "%s, keeping %s (%s)" % (every, keep.group(1) if keep else "all", files[0])
+
+
+def set_schedule(runner, facts, tenant, every, keep):
+    files = schedule_files(facts, tenant)
+    command = shlex.join(self_argv() + ["snapshot", "create", "--tenant", tenant,
+                                        "--keep", str(keep)])
+    step = "snapshot schedule"
+    if facts.systemd:
+        timer, service = files
+        contents = {
+            service: "[Unit]\nDescription=botlxc snapshot of tenant %s\n\n[Service]\n"
+                     "Type=oneshot\nExecStart=%s\n" % (tenant, command),
+            timer: "[Unit]\nDescription=botlxc snapshots of tenant %s, %s\n\n[Timer]\n"
+                   "OnCalendar=%s\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n"
+                   % (tenant, every, SCHEDULES[every][1])}
+        for path in (service, timer):
+            runner.change(["install", "-m", "0644", "/dev/stdin", str(path)],
+                          "snapshot schedule: %s" % path.name, input=contents[path], step=step)
+        runner.change(["systemctl", "daemon-reload"], "systemd reads the timer", step=step)
+        runner.change(["systemctl", "enable", "--now", timer.name], "start the timer",
+                      step=step)
+    else:
+        line = "%s root %s >>/var/log/botlxc-snapshot-%s.log 2>&1\n" % (
+            SCHEDULES[every][0], command, tenant)
+        runner.change(["install", "-m", "0644", "/dev/stdin", str(files[0])],
+                      "snapshot schedule (cron): %s" % every,
+                      input="# botlxc: snapshots of tenant %s, %s (data and containers)\n%s"
+                      % (tenant, every, line), step=step)
+
+
+def unset_schedule(runner, facts, tenant):
+    files = [p for p in schedule_files(facts, tenant) if lstat_or_none(p) is not None]
+    if facts.systemd and files:
+        runner.change(["systemctl", "disable", "--now", files[0].name], "stop the timer",
+                      step="snapshot schedule")
+    if files:
+        runner.change(["rm", "-f", *map(str, files)], "no snapshot schedule",
+                      step="snapshot schedule")
+
+
+def destroy(op, purge):
+    """Containers (and their LXD snapshots), the host-dir snapshots and the schedule; the
+    data itself only with purge. Returns the stack."""
+    mine = op.snapshot["mine"]
+    stack = tenant_stack(op) if mine else Path(os.path.abspath(str(default_stack(op.tenant))))
+    if not mine:
+        check_host_path(stack)
+        owner = (read_file(stack / STATE_DIR / "tenant", 256) or "").strip()
+        if owner != op.tenant:
+            raise BotlxcError("tenant %s has no containers and %s is not its stack; nothing "
+                              "to destroy" % (op.tenant, stack))
+    for _, inst in sorted(mine.items(), key=lambda kv: catalogue_order(kv[0])):
+        remove_instance(op.runner, inst)
+    unset_schedule(op.runner, op.host, op.tenant)
+    if purge:
+        op.runner.change(["rm", "-rf", "--one-file-system", str(stack)],
+                         "delete tenant %s's data, secrets and snapshots (--purge-data)"
+                         % op.tenant, step="purge " + op.tenant)
+    elif lstat_or_none(snapshot_dir(stack)) is not None:
+        op.runner.change(["rm", "-rf", "--one-file-system", str(snapshot_dir(stack))],
+                         "delete the host-dir copies of the snapshots", step="destroy")
+    return stack
+
+
+def limits_of(inst):
+    """What LXD applies now: cpu, memory, root disk size (None: no limit)."""
+    config = inst.get("expanded_config") or inst.get("config") or {}
+    root = (inst.get("expanded_devices") or inst.get("devices") or {}).get("root") or {}
+    return {"cpu": config.get("limits.cpu"), "memory": config.get("limits.memory"),
+            "disk": root.get("size")}
+
+
+def set_limits(op, component, cpu, memory, disk):
+    stack, ((_, inst),) = tenant_stack(op), chosen(op, [component])
+    wanted = {key: value for key, value in (("limits.cpu", cpu), ("limits.memory", memory),
+                                            ("disk", disk)) if value}
+    ensure_config(op.runner, inst["name"], inst,
+                  {k: v for k, v in wanted.items() if k != "disk"})
+    ensure_root_size(op.runner, inst["name"], inst, wanted.get("disk"))
+    kept = read_limits(stack)
+    new = dict(kept, **{component: dict(kept.get(component, {}), **wanted)})
+    if new != kept:
+        op.runner.change(["install", "-m", "0600", "/dev/stdin", str(limits_path(stack))],
+                         "keep the limits for containers up makes again",
+                         input=json.dumps(new, indent=2, sort_keys=True) + "\n",
+                         step=inst["name"] + ": limits")
+
+
+def usage_rows(runner, op):
+    """State, memory, CPU time, processes (one `lxc list`) and host-dir sizes (one `du`)."""
+    pairs = chosen(op)
+    stack = tenant_stack(op)
+    dirs = [str(stack / comp / which) for comp, _ in pairs for which in HOST_DIRS]
+    # du does not follow links (it is -P by default): a container's link stays a link.
+    sizes = {}
+    proc = runner.read(["du", "-s", "-B1", "--one-file-system", *dirs], check=False,
+                       step="host dir sizes")
+    for line in proc.stdout.splitlines():
+        size, _, path = line.partition("\t")
+        with contextlib.suppress(ValueError):
+            sizes[path] = int(size)
+    rows = []
+    for comp, inst in pairs:
+        state = inst.get("state") or {}
+        rows.append({
+            "name": inst["name"], "component": comp, "state": inst.get("status", "?").upper(),
+            "memory_bytes": (state.get("memory") or {}).get("usage", 0),
+            "cpu_seconds": round((state.get("cpu") or {}).get("usage", 0) / 1e9, 1),
+            "processes": state.get("processes", 0),
+            "root_disk_bytes": ((state.get("disk") or {}).get("root") or {}).get("usage"),
+            "host_dirs_bytes": {which: sizes.get(str(stack / comp / which))
+                                for which in HOST_DIRS},
+            "limits": limits_of(inst)})
+    return rows
+
+
+def info_of(inst):
+    """What the chapter's `lxc config show` / `lxc network show` tell about one container."""
+    state = inst.get("state") or {}
+    nets = {}
+    for nic, net in (state.get("network") or {}).items():
+        nets[nic] = {"hwaddr": net.get("hwaddr"), "state": net.get("state"),
+                     "host_name": net.get("host_name"),
+                     "addresses": ["%s/%s" % (a["address"], a["netmask"])
+                                   for a in net.get("addresses") or []]}
+    config = inst.get("expanded_config") or inst.get("config") or {}
+    return {"name": inst["name"], "status": inst.get("status"), "created": inst.get("created_at"),
+            "labels": labels(inst), "profiles": inst.get("profiles"),
+            "config": {k: v for k, v in sorted(config.items())
+                       if not k.startswith(("volatile.", LABEL, "image."))},
+            "devices": inst.get("expanded_devices") or inst.get("devices") or {},
+            "network": nets, "pid": state.get("pid"), "limits": limits_of(inst)}
+
+
+def update_components(op, components):
+    """Per component: a snapshot, apt upgrade inside, service restart, health; on failure
+    the snapshot comes back (both parts) and the update fails naming it."""
+    stack, pairs = tenant_stack(op), chosen(op, components)
+    failed = []
+    for comp, inst in pairs:
+        name, snap = inst["name"], "pre-update-" + stamp()
+        take_snapshot(op.runner, stack, [(comp, inst)], snap)
+        lxc_exec(op.runner, name, UPGRADE, why="upgrade the packages in %s" % name,
+                 step="%s: upgrade (log: %s)" % (name, stack / comp / "logs" / "update.log"))
+        if not installed(inst):
+            continue
+        lxc_exec(op.runner, name, ["systemctl", "restart", comp + ".service"],
+                 why="restart %s on the upgraded packages" % comp, step=name + ": restart")
+        try:
+            wait_healthy(op.runner, name, comp, "after the upgrade")
+        except BotlxcError as exc:
+            say("%s; restoring snapshot %s" % (exc, snap))
+            running = dict(inst, status="Running")
+            restore_snapshot(op.runner, stack, [(comp, running)], snap)
+            failed.append("%s (rolled back to snapshot %s, healthy again)" % (comp, snap))
+    if failed:
+        raise BotlxcError("update failed its health check: %s" % "; ".join(failed))
+
+
+def port_rows(op):
+    """[{component, name, host_port, container_port, listen, pinned}] of the tenant."""
+    rows = []
+    for comp, inst in chosen(op):
+        by_connect = {}
+        for props in (inst.get("devices") or {}).values():
+            if props.get("type") == "proxy":
+                with contextlib.suppress(ValueError, IndexError, KeyError):
+                    listen, _, port = props["listen"][len("tcp:"):].rpartition(":")
+                    by_connect[int(props["connect"].rsplit(":", 1)[1])] = (listen, int(port))
+        for port in COMPONENTS[comp].ports_for(labels(inst).get("engine", "")) \
+                if comp in COMPONENTS else ():
+            if port.port in by_connect:
+                listen, host_port = by_connect[port.port]
+                rows.append({"component": comp, "name": port.name, "host_port": host_port,
+                             "container_port": port.port, "listen": listen.strip("[]"),
+                             "pinned": port.name in pinned_ports(inst)})
+    return rows
+
+
+def same_as(op, inst, **overrides):
+    """A Spec for more of what the tenant already is: engine, listen address, services."""
+    rows = port_rows(op)
+    values = dict(tenant=op.tenant, components=tuple(c for c, _ in chosen(op)), stack=None,
+                  engine=labels(inst).get("engine") or "rclone",
+                  listen=rows[0]["listen"] if rows else "127.0.0.1",
+                  services=any(installed(i) for _, i in chosen(op)), host=op.host)
+    values.update(overrides)
+    return Spec(**values)
+
+
+def converge(op, spec):
+    """`up` for a spec (under the host lock for its prepare step); failures raise."""
+    ports, failures = up(op.runner, spec, op.host_lock())
+    if failures:
+        error = BotlxcError("%d of %d components failed: %s (each error is shown above)" % (
+            len(failures), len(spec.components), ", ".join(sorted(failures))))
+        error.exit_code = max(exc.exit_code for exc in failures.values())
+        raise error
+    return ports
+
+
+def set_port(op, picks):
+    ((comp, _pname), _port), = picks.items()
+    ((_, inst),) = chosen(op, [comp])
+    converge(op, same_as(op, inst, components=(comp,), port_picks=picks,
+                         services=installed(inst)))
+
+
+def rotate_secrets(op, components):
+    """New secrets for the components, pushed and applied by their (idempotent) install."""
+    pairs = chosen(op, components)
+    spec = same_as(op, pairs[0][1], components=tuple(c for c, _ in pairs))
+    spec.stack = tenant_stack(op)
+    ports = existing_ports(spec, op.snapshot)
+    ensure_secrets(op.runner, spec, ports, self_argv(), rotate=spec.components)
+    for comp, inst in pairs:
+        if installed(inst):
+            ensure_service(op.runner, spec, comp, dict(inst, config=dict(
+                inst.get("config") or {}, **{LABEL + "installed": ""})))
+
+
+def clone_tenant(op, to, stack_dir):
+    """A new tenant from a snapshot of this one: the snapshot's host dirs copied into its own
+    stack, then brought up like any tenant (own ports, new secrets applied by the install)."""
+    if to == op.tenant:
+        raise BadInput("--to names this tenant itself")
+    stack, pairs = tenant_stack(op), chosen(op)
+    target = Path(os.path.abspath(str(stack_dir or stack.parent / ("botserver-stack-" + to))))
+    check_host_path(target, "--stack-dir")
+    if lstat_or_none(target) is not None and os.listdir(str(target)):
+        raise BadInput("%s exists and is not empty: give the clone an empty --stack-dir"
+                       % target)
+    if any(labels(i).get("tenant") == to for i in op.snapshot["all"]):
+        raise BadInput("tenant %s exists already" % to)
+    snap = "clone-%s-%s" % (to, stamp())
+    take_snapshot(op.runner, stack, pairs, snap)
+    for comp, _ in pairs:
+        op.runner.change(["mkdir", "-p", str(target / comp)], "%s's dir in the clone" % comp,
+                         step="clone " + to)
+        op.runner.change(["cp", "-a", "--reflink=auto", *[
+            str(snapshot_dir(stack, snap) / comp / which) for which in HOST_DIRS],
+            str(target / comp)], "%s's data for %s" % (comp, to), step="clone " + to)
+        # a secrets file of botlxc < 0.3 would hand the clone the original's passwords
+        op.runner.change(["rm", "-f", str(target / comp / "conf" / LEGACY_SECRETS)],
+                         "the clone gets secrets of its own", step="clone " + to)
+    clone_op = Op(op.tenant, op.runner, op.host, op.wait, op.snapshot)
+    delete_snapshot(clone_op, snap)
+    privileged = (pairs[0][1].get("config") or {}).get("security.privileged") == "true"
+    spec = same_as(op, pairs[0][1], tenant=to, stack=target, privileged=privileged)
+    with locks(op.host, op.runner.dry_run, op.wait, "tenant-" + to)[0]:
+        ports = converge(op, spec)
+    if not op.runner.dry_run:
+        say("tenant %s cloned from %s: data in %s, ports %s; its .env has its own secrets"
+            % (to, op.tenant, target, ", ".join("%s.%s=%d" % (c, p, hp)
+                                                for (c, p), hp in sorted(ports.items()))))
+
+
 # --------------------------------------------------------------------------- 14. CLI
 
 
@@ -2109,6 +2614,24 @@ class Op:
         return locks(self.host, self.runner.dry_run, self.wait, "host")[0]
 
 
+def run_op(name, operation, tenant, options, check=None, changes=True, dry_run=False,
+           wait=LOCK_WAIT):
+    """The body of every tenant command (see tenant_command)."""
+    tenant = validate_tenant(tenant)
+    if check:
+        options = check(**options)
+    host = read_host_facts()
+    if changes:
+        check_can_change(host, dry_run, name)
+    runner = Runner(dry_run)
+    lock, = locks(host, dry_run or not changes, wait, "tenant-" + tenant)
+    with lock:
+        result = operation(Op(tenant, runner, host, wait), **options)
+    if changes:
+        finish(runner)
+    return result
+
+
 def tenant_command(name, group=None, changes=True, check=None):
     """One shape for tenant commands: validate -> host facts -> Runner -> tenant lock ->
     the operation (observing once, through Op.snapshot) -> finish (runbook or change count;
@@ -2117,25 +2640,27 @@ def tenant_command(name, group=None, changes=True, check=None):
     """
     def wrap(operation):
         def command(tenant, dry_run=False, wait=LOCK_WAIT, **options):
-            tenant = validate_tenant(tenant)
-            if check:
-                options = check(**options)
-            host = read_host_facts()
-            if changes:
-                check_can_change(host, dry_run, name)
-            runner = Runner(dry_run)
-            lock, = locks(host, dry_run or not changes, wait, "tenant-" + tenant)
-            with lock:
-                result = operation(Op(tenant, runner, host, wait), **options)
-            if changes:
-                finish(runner)
-            return result
+            return run_op(name, operation, tenant, options, check, changes, dry_run, wait)
         command.__name__, command.__doc__ = operation.__name__, operation.__doc__
         command.__click_params__ = list(getattr(operation, "__click_params__", []))
         if changes:
             command = wait_option(dry_run_option(command))
         return (group or cli).command(name)(tenant_option(command))
     return wrap
+
+
+def components_option(func):
+    return click.option("--component", "-c", "components", multiple=True,
+                        help="Only this component (repeatable; default: all the tenant's).")(
+                            func)
+
+
+def check_components(components=(), **options):
+    return dict(options, components=validate_components(components) if components else ())
+
+
+def echo_json(data):
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -2228,16 +2753,24 @@ def cmd_up(op, **wanted):
             op.tenant, time.monotonic() - started, spec.stack, port_text))
 
 
-@cli.command("secrets")
+@cli.group("secrets", invoke_without_command=True)
 @tenant_option
 @click.option("--stack-dir", help="Host root of the tenant's dirs.")
 @click.option("--port", "ports", multiple=True, metavar="COMPONENT.NAME=PORT",
               help="Host ports written into .env (as allocated by up).")
 @click.option("--listen", default="127.0.0.1", show_default=True,
               help="Host address the ports listen on (written into .env).")
-def cmd_secrets(tenant, stack_dir, ports, listen):
-    """Generate missing secrets (0600) and write the stack's .env; prints no secret."""
+@click.option("--rotate", multiple=True, metavar="COMPONENT",
+              help="New secrets for this component (the runbook form of `secrets rotate`).")
+@click.pass_context
+def cmd_secrets(ctx, tenant, stack_dir, ports, listen, rotate):
+    """Generate missing secrets (0600) and write the stack's .env; prints no secret.
+
+    This is the step runbooks call; `secrets rotate` changes them in the services too."""
+    if ctx.invoked_subcommand:
+        return
     picks = parse_port_picks(ports, COMPONENTS)
+    rotate = validate_components(rotate) if rotate else ()
     components = tuple(c for c in COMPONENTS if any(k[0] == c for k in picks)) or \
         DEFAULT_COMPONENTS
     stack = Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else \
@@ -2253,8 +2786,15 @@ def cmd_secrets(tenant, stack_dir, ports, listen):
     defaults = {(c, p.name): p.port for c in components for p in COMPONENTS[c].ports[:1]}
     defaults.update(picks)
     runner = Runner()
-    ensure_secrets(runner, spec, defaults, self_argv())
+    ensure_secrets(runner, spec, defaults, self_argv(), rotate)
     say("secrets: %s" % ("written" if runner.actions else "already in place"))
+
+
+@tenant_command("rotate", group=cmd_secrets, check=check_components)
+@components_option
+def cmd_secrets_rotate(op, components):
+    """New passwords and keys, applied inside the services; .env follows."""
+    rotate_secrets(op, components)
 
 
 @tenant_command("status", changes=False)
@@ -2293,6 +2833,292 @@ def cmd_down(op, components):
             % (name, op.tenant))
 
 
+@tenant_command("exec", changes=False, check=lambda component, command: dict(
+    component=validate_components([component])[0], command=command))
+@click.argument("component")
+@click.argument("command", nargs=-1, required=True)
+def cmd_exec(op, component, command):
+    """Run COMMAND in the component's container: botlxc exec tables -- psql -U gbuser botserver.
+
+    A terminal when stdin is one; the command's exit code is botlxc's."""
+    ((_, inst),) = chosen(op, [component])
+    tty = ["-t"] if sys.stdin.isatty() and sys.stdout.isatty() else ["-T"]
+    return op.runner.attach(["lxc", "exec", inst["name"], *tty, "--", *command])
+
+
+@tenant_command("logs", changes=False, check=lambda component, follow, lines: dict(
+    component=validate_components([component])[0], follow=follow, lines=lines))
+@click.argument("component")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new lines.")
+@click.option("--lines", "-n", type=click.IntRange(1, 1000000), default=50, show_default=True,
+              help="Lines of the journal and of each log file.")
+def cmd_logs(op, component, follow, lines):
+    """The component's journal (journalctl -u COMPONENT), then its files under logs/."""
+    ((_, inst),) = chosen(op, [component])
+    return op.runner.attach(["lxc", "exec", inst["name"], "-T", "--", *LOGS, "sh", component,
+                             str(lines), "follow" if follow else ""])
+
+
+@tenant_command("start", check=check_components)
+@components_option
+def cmd_start(op, components):
+    """Start the tenant's containers and wait until their services answer."""
+    pairs = [(c, i) for c, i in chosen(op, components) if i.get("status") != "Running"]
+    start_components(op.runner, pairs)
+    say("started: %s" % (", ".join(i["name"] for _, i in pairs) or "all were running"))
+
+
+@tenant_command("stop", check=check_components)
+@components_option
+def cmd_stop(op, components):
+    """Stop the services, then their containers (forced only after %d s).""" % STOP_TIMEOUT
+    pairs = [(c, i) for c, i in chosen(op, components) if i.get("status") != "Stopped"]
+    stop_components(op.runner, pairs)
+    say("stopped: %s" % (", ".join(i["name"] for _, i in pairs) or "all were stopped"))
+
+
+@tenant_command("restart", check=check_components)
+@components_option
+def cmd_restart(op, components):
+    """Stop, then start again, waiting until the services answer."""
+    pairs = chosen(op, components)
+    stop_components(op.runner, pairs)
+    start_components(op.runner, pairs)
+
+
+def check_destroy(purge_data, yes):
+    return dict(purge=purge_data, yes=yes)
+
+
+@tenant_command("destroy", check=check_destroy)
+@click.option("--purge-data", is_flag=True,
+              help="Also delete the host dirs: the data, secrets and .env. Asks for the "
+                   "tenant's name unless --yes.")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+def cmd_destroy(op, purge, yes):
+    """Delete the tenant's containers, snapshots and snapshot schedule. The data stays
+    unless --purge-data."""
+    if purge and not yes and not op.runner.dry_run:
+        if not sys.stdin.isatty():
+            raise BadInput("--purge-data deletes tenant %s's data for good: confirm with --yes"
+                           % op.tenant)
+        typed = click.prompt("This deletes tenant %s's data, secrets and snapshots for good. "
+                             "Type the tenant's name to go on" % op.tenant, err=True)
+        if typed != op.tenant:
+            raise BadInput("not confirmed (typed %r); nothing was deleted" % typed)
+    stack = destroy(op, purge)
+    if not op.runner.dry_run:
+        say("tenant %s destroyed; %s" % (op.tenant, "its data is gone" if purge
+                                         else "its data stays in %s" % stack))
+
+
+def check_limits(component, cpu, memory, disk, as_json):
+    return dict(component=validate_components([component])[0],
+                cpu=validate_cpu(cpu) if cpu is not None else None,
+                memory=validate_size(memory, "--memory") if memory is not None else None,
+                disk=validate_size(disk, "--disk") if disk is not None else None,
+                as_json=as_json)
+
+
+@tenant_command("limits", check=check_limits)
+@click.argument("component")
+@click.option("--cpu", help="CPUs: a count (2) or the ones to use (0-1).")
+@click.option("--memory", help="Memory, e.g. 512MB or 2GiB.")
+@click.option("--disk", help="Root disk size, e.g. 10GiB (the host dirs are not in it).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+def cmd_limits(op, component, cpu, memory, disk, as_json):
+    """Show the component's limits, or set them live (kept by later `up` runs)."""
+    if cpu or memory or disk:
+        set_limits(op, component, cpu, memory, disk)
+    ((_, inst),) = chosen(op, [component])
+    shown = limits_of(inst)
+    shown.update({k: v for k, v in (("cpu", cpu), ("memory", memory), ("disk", disk)) if v})
+    if as_json:
+        echo_json(shown)
+    else:
+        click.echo("  ".join("%s=%s" % (k, v or "unlimited") for k, v in shown.items()))
+
+
+@cli.group("snapshot")
+def cmd_snapshot():
+    """Tenant-consistent snapshots: containers and host data together."""
+
+
+@tenant_command("create", group=cmd_snapshot, check=lambda name, components, keep: dict(
+    name=validate_snapshot_name(name) if name else None, components=check_components(
+        components)["components"], keep=keep))
+@click.argument("name", required=False)
+@components_option
+@click.option("--keep", type=click.IntRange(1, 10000),
+              help="Then keep only the newest N automatic (auto-...) snapshots.")
+def cmd_snapshot_create(op, name, components, keep):
+    """Freeze the containers together, snapshot them and copy their host dirs, resume.
+
+    NAME defaults to auto-YYYYmmdd-HHMMSS."""
+    name = create_snapshot(op, name, components, keep)
+    if not op.runner.dry_run:
+        click.echo(name)
+
+
+@tenant_command("list", group=cmd_snapshot, changes=False,
+                check=lambda components, as_json: dict(check_components(components),
+                                                       as_json=as_json))
+@components_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+def cmd_snapshot_list(op, components, as_json):
+    """The tenant's snapshots: which containers and host dirs each holds."""
+    rows = list_snapshots(op, components)
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo("%-32s %-22s %-24s %s" % ("NAME", "CREATED", "CONTAINERS", "HOST DIRS"))
+    for name, row in rows.items():
+        click.echo("%-32s %-22s %-24s %s" % (name, row["created"][:19] or "-",
+                                             ",".join(row["containers"]) or "-",
+                                             ",".join(row["data"]) or "-"))
+
+
+def check_snapshot_name(name, components):
+    return dict(name=validate_snapshot_name(name),
+                components=check_components(components)["components"])
+
+
+@tenant_command("restore", group=cmd_snapshot, check=check_snapshot_name)
+@click.argument("name")
+@components_option
+def cmd_snapshot_restore(op, name, components):
+    """Stop, restore containers and host dirs to NAME, start, wait until healthy."""
+    aside = restore_snapshot(op.runner, tenant_stack(op), chosen(op, components), name)
+    if not op.runner.dry_run:
+        say("restored %s; the data as it was before is kept in %s (botlxc snapshot delete %s)"
+            % (name, aside, aside.name))
+
+
+@tenant_command("delete", group=cmd_snapshot, check=check_snapshot_name)
+@click.argument("name")
+@components_option
+def cmd_snapshot_delete(op, name, components):
+    """Delete snapshot NAME: its LXD snapshots and its copy of the host dirs."""
+    delete_snapshot(op, name, components)
+
+
+def check_schedule(every, keep, off):
+    if off == bool(every):
+        raise BadInput("give --every hourly|daily|weekly with --keep N, or --off")
+    if every and not keep:
+        raise BadInput("--every needs --keep N: how many automatic snapshots to keep")
+    return dict(every=every, keep=keep, off=off)
+
+
+@tenant_command("schedule", group=cmd_snapshot, check=check_schedule)
+@click.option("--every", type=click.Choice(sorted(SCHEDULES)))
+@click.option("--keep", type=click.IntRange(1, 10000))
+@click.option("--off", is_flag=True, help="No more scheduled snapshots.")
+def cmd_snapshot_schedule(op, every, keep, off):
+    """Take snapshots (data included) on a schedule: a systemd timer, else /etc/cron.d."""
+    tenant_stack(op)  # a tenant with containers
+    if off:
+        unset_schedule(op.runner, op.host, op.tenant)
+    else:
+        set_schedule(op.runner, op.host, op.tenant, every, keep)
+
+
+@tenant_command("clone", check=lambda to, stack_dir: dict(
+    to=validate_tenant(to), stack_dir=Path(validate_path(stack_dir, "--stack-dir"))
+    if stack_dir else None))
+@click.option("--to", required=True, metavar="NEW_TENANT", help="The new tenant.")
+@click.option("--stack-dir", help="Where the new tenant's data goes (default: beside this "
+                                  "tenant's, botserver-stack-NEW_TENANT).")
+def cmd_clone(op, to, stack_dir):
+    """A new tenant from a snapshot of this one: its own copy of the data, its own ports,
+    .env and new passwords."""
+    clone_tenant(op, to, stack_dir)
+
+
+@cli.group("ports", invoke_without_command=True)
+@tenant_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+@click.pass_context
+def cmd_ports(ctx, tenant, as_json):
+    """Host ports of the tenant's services; `ports set` moves one."""
+    if ctx.invoked_subcommand:
+        return
+    rows = run_op("ports", lambda op: port_rows(op), tenant, {}, changes=False)
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        click.echo("%-16s %s:%d -> %d%s" % ("%s.%s" % (row["component"], row["name"]),
+                                            row["listen"], row["host_port"],
+                                            row["container_port"],
+                                            "  (pinned)" if row["pinned"] else ""))
+
+
+@tenant_command("set", group=cmd_ports, check=lambda assignment: dict(
+    picks=parse_port_picks([assignment], COMPONENTS)))
+@click.argument("assignment", metavar="COMPONENT[.NAME]=PORT")
+def cmd_ports_set(op, picks):
+    """Move a service to another host port (refused when the port is taken); .env follows."""
+    set_port(op, picks)
+
+
+@tenant_command("usage", changes=False, check=lambda as_json: dict(as_json=as_json))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+def cmd_usage(op, as_json):
+    """CPU time, memory, processes and disk (host dirs) of the tenant's containers."""
+    rows = usage_rows(op.runner, op)
+    if as_json:
+        echo_json(rows)
+        return
+    click.echo("%-18s %-8s %10s %9s %6s %12s" % ("NAME", "STATE", "MEMORY", "CPU", "PROCS",
+                                                 "HOST DIRS"))
+    for row in rows:
+        click.echo("%-18s %-8s %10s %8ss %6s %12s" % (
+            row["name"], row["state"], human(row["memory_bytes"]), row["cpu_seconds"],
+            row["processes"], human(sum(v or 0 for v in row["host_dirs_bytes"].values()))))
+
+
+def human(size):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return "%.0f%s" % (size, unit) if unit == "B" else "%.1f%s" % (size, unit)
+        size /= 1024.0
+
+
+@tenant_command("update", check=check_components)
+@components_option
+def cmd_update(op, components):
+    """Snapshot, upgrade the packages inside, restart, check health; roll back on failure."""
+    update_components(op, components)
+
+
+@tenant_command("info", changes=False, check=lambda component, as_json: dict(
+    component=validate_components([component])[0], as_json=as_json))
+@click.argument("component")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+def cmd_info(op, component, as_json):
+    """The container's config, devices, network interfaces and addresses."""
+    ((_, inst),) = chosen(op, [component])
+    data = info_of(inst)
+    if as_json:
+        echo_json(data)
+        return
+    click.echo("%s: %s (since %s, pid %s)"
+               % (data["name"], data["status"], data["created"], data["pid"]))
+    for section in ("labels", "config", "limits"):
+        click.echo("%s:" % section)
+        for key, value in data[section].items():
+            click.echo("  %s: %s" % (key, value))
+    click.echo("devices:")
+    for device, props in sorted(data["devices"].items()):
+        click.echo("  %s: %s" % (device, " ".join("%s=%s" % kv for kv in sorted(props.items()))))
+    click.echo("network:")
+    for nic, net in sorted(data["network"].items()):
+        click.echo("  %s (%s, %s, host %s): %s" % (
+            nic, net["state"], net["hwaddr"], net["host_name"] or "-",
+            " ".join(net["addresses"]) or "-"))
+
+
 def on_interrupt(signum, frame):
     """First Ctrl-C: start no new command, let the running one finish (killing apt or
     initdb halfway is what leaves a container broken). A second one stops at once."""
@@ -2308,7 +3134,7 @@ def main(argv=None):
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
-        cli.main(args=argv, prog_name="botlxc", standalone_mode=False)
+        result = cli.main(args=argv, prog_name="botlxc", standalone_mode=False)
     except click.exceptions.Abort:
         say("aborted")
         return 130
@@ -2324,7 +3150,8 @@ def main(argv=None):
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, previous)
-    return 0
+    # exec and logs pass the exit code of the user's own command on
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
 
 
 def main_exit():

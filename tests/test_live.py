@@ -78,9 +78,16 @@ def make_tenant(tmp_path_factory, prefix):
 
 
 def cleanup(tenant):
+    botlxc("destroy", "--tenant", tenant, "--purge-data", "--yes", check=False)
     botlxc("down", "--tenant", tenant, check=False)
-    for name in instances(tenant):  # anything down could not remove
-        lxc("delete", "--force", name, check=False)
+    for name in instances(tenant):  # anything they could not remove (copies included)
+        force_delete(name)
+
+
+def force_delete(name):
+    """A container botlxc made is delete-protected: lift that, then delete."""
+    lxc("config", "unset", name, "security.protection.delete", check=False)
+    lxc("delete", "--force", name, check=False)
 
 
 # ----------------------------------------------------------------- containers only (issue 2)
