@@ -622,7 +622,7 @@ def validate_cpu(value):
     if re.fullmatch(r"[1-9]\d{0,3}", value or ""):
         return value
     spans = (value or "").split(",")
-    if all(re.fullmatch(r"\d{1,4}(-\d{1,4})?", span) for span in spans) and all(
+    if ("-" in value or "," in value) and all(re.fullmatch(r"\d{1,4}(-\d{1,4})?", span) for span in spans) and all(
             int(a) <= int(b) for a, _, b in (span.partition("-") for span in spans) if b):
         return value
     raise BadInput("invalid --cpu %r: give a count of CPUs (e.g. 2) or the CPUs to use "
@@ -1411,9 +1411,10 @@ def allocate_ports(spec, snapshot, listeners):
                     % (kept, comp, port.name, holder))
             elif pick is not None:
                 if pick in taken or pick in allocated.values():
-                    raise BadInput("port %d for %s.%s is already in use on this host (%s)"
-                                   % (pick, comp, port.name, elsewhere.get(pick) or listeners.get(
-                                       pick) or "this tenant"))
+                    own = {hp: "this tenant's %s.%s" % k for k, hp in existing.items()}
+                    raise BadInput("port %d for %s.%s is already in use on this host (%s)" % (
+                        pick, comp, port.name, elsewhere.get(pick) or own.get(pick)
+                        or listeners.get(pick) or "this tenant"))
                 allocated[key] = pick
     for comp in spec.components:
         for port in COMPONENTS[comp].ports_for(spec.engine_of(comp)):
@@ -2440,14 +2441,14 @@ def update_components(op, components):
                  step="%s: upgrade (log: %s)" % (name, stack / comp / "logs" / "update.log"))
         if not installed(inst):
             continue
-        lxc_exec(op.runner, name, ["systemctl", "restart", comp + ".service"],
-                 why="restart %s on the upgraded packages" % comp, step=name + ": restart")
         try:
+            lxc_exec(op.runner, name, ["systemctl", "restart", comp + ".service"],
+                     why="restart %s on the upgraded packages" % comp, step=name + ": restart")
             wait_healthy(op.runner, name, comp, "after the upgrade")
         except BotlxcError as exc:
             say("%s; restoring snapshot %s" % (exc, snap))
-            running = dict(inst, status="Running")
-            restore_snapshot(op.runner, stack, [(comp, running)], snap)
+            now = dict(inst, status="Running", snapshots=[{"name": snap}])
+            restore_snapshot(op.runner, stack, [(comp, now)], snap)
             failed.append("%s (rolled back to snapshot %s, healthy again)" % (comp, snap))
     if failed:
         raise BotlxcError("update failed its health check: %s" % "; ".join(failed))
@@ -2539,8 +2540,11 @@ def clone_tenant(op, to, stack_dir):
         # a secrets file of botlxc < 0.3 would hand the clone the original's passwords
         op.runner.change(["rm", "-f", str(target / comp / "conf" / LEGACY_SECRETS)],
                          "the clone gets secrets of its own", step="clone " + to)
-    clone_op = Op(op.tenant, op.runner, op.host, op.wait, op.snapshot)
-    delete_snapshot(clone_op, snap)
+    if lstat_or_none(limits_path(stack)) is not None:  # the same limits, kept the same way
+        op.runner.change(["install", "-D", "-m", "0600", str(limits_path(stack)),
+                          str(limits_path(target))], "the clone keeps this tenant's limits",
+                         step="clone " + to)
+    delete_snapshot(op, snap)
     privileged = (pairs[0][1].get("config") or {}).get("security.privileged") == "true"
     spec = same_as(op, pairs[0][1], tenant=to, stack=target, privileged=privileged)
     with locks(op.host, op.runner.dry_run, op.wait, "tenant-" + to)[0]:

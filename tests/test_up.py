@@ -768,8 +768,7 @@ def test_a_failed_health_after_install_leaves_no_installed_label(calls, tmp_path
     assert calls.made() == calls.expected
     assert str(failures["tables"]) == (
         "acme-tables: unhealthy after install: tables: not accepting connections on "
-        "127.0.0.1:5432 (tables.service failed) (see: lxc exec acme-tables -- journalctl -u "
-        "tables)")
+        "127.0.0.1:5432 (tables.service failed) (see: botlxc logs tables -t acme)")
     assert not any("user.botlxc.installed" in argv for argv in argvs(runner))
 
 
