@@ -621,8 +621,10 @@ def validate_cpu(value):
     """A count of CPUs (2), or the CPUs to pin to (0-1, 0,2), as limits.cpu takes them."""
     if re.fullmatch(r"[1-9]\d{0,3}", value or ""):
         return value
+    # A set of CPUs has a "-" or a ",": a lone number is a count (and 0 is none).
     spans = (value or "").split(",")
-    if ("-" in value or "," in value) and all(re.fullmatch(r"\d{1,4}(-\d{1,4})?", span) for span in spans) and all(
+    if re.search(r"[-,]", value or "") and all(
+            re.fullmatch(r"\d{1,4}(-\d{1,4})?", span) for span in spans) and all(
             int(a) <= int(b) for a, _, b in (span.partition("-") for span in spans) if b):
         return value
     raise BadInput("invalid --cpu %r: give a count of CPUs (e.g. 2) or the CPUs to use "
@@ -2225,13 +2227,13 @@ def list_snapshots(op, components=()):
     return dict(sorted(rows.items()))
 
 
-def restore_snapshot(runner, stack, pairs, name):
+def restore_snapshot(runner, stack, pairs, name, known=False):
     """Both parts back: the containers stopped, their root filesystems restored, the host
     dirs set aside (kept as snapshot before-restore-...) and copied back, then started and
-    waited for until healthy."""
+    waited for until healthy. known: this run took the snapshot itself."""
     missing = [inst["name"] for comp, inst in pairs if name not in lxd_snapshots(inst)
                or comp not in data_snapshots(stack).get(name, ())]
-    if missing:
+    if missing and not known:
         raise BadInput("snapshot %s has no copy of %s (botlxc snapshot list)"
                        % (name, ", ".join(missing)))
     stop_components(runner, pairs)
@@ -2254,21 +2256,23 @@ def restore_snapshot(runner, stack, pairs, name):
 
 def delete_snapshot(op, name, components=()):
     stack, pairs = tenant_stack(op), chosen(op, components)
-    found = False
-    for _, inst in pairs:
-        if name in lxd_snapshots(inst):
-            found = True
-            op.runner.change(["lxc", "delete", "%s/%s" % (inst["name"], name)],
-                             "delete LXD snapshot %s/%s" % (inst["name"], name),
-                             step=inst["name"] + ": delete snapshot")
-    if name in data_snapshots(stack):
-        found = True
-        # rm never follows the links a container may have left in its copied dirs
-        op.runner.change(["rm", "-rf", "--one-file-system", str(snapshot_dir(stack, name))],
-                         "delete the host-dir copy of snapshot %s" % name,
-                         step="delete snapshot " + name)
-    if not found:
+    holders = [inst["name"] for _, inst in pairs if name in lxd_snapshots(inst)]
+    data = name in data_snapshots(stack)
+    if not holders and not data:
         raise BadInput("tenant %s has no snapshot %s (botlxc snapshot list)" % (op.tenant, name))
+    drop_snapshot(op.runner, stack, holders, name, data)
+
+
+def drop_snapshot(runner, stack, holders, name, data=True):
+    for inst_name in holders:
+        runner.change(["lxc", "delete", "%s/%s" % (inst_name, name)],
+                      "delete LXD snapshot %s/%s" % (inst_name, name),
+                      step=inst_name + ": delete snapshot")
+    if data:
+        # rm never follows the links a container may have left in its copied dirs
+        runner.change(["rm", "-rf", "--one-file-system", str(snapshot_dir(stack, name))],
+                      "delete the host-dir copy of snapshot %s" % name,
+                      step="delete snapshot " + name)
 
 
 #: --every -> (cron time, systemd OnCalendar)
@@ -2447,8 +2451,8 @@ def update_components(op, components):
             wait_healthy(op.runner, name, comp, "after the upgrade")
         except BotlxcError as exc:
             say("%s; restoring snapshot %s" % (exc, snap))
-            now = dict(inst, status="Running", snapshots=[{"name": snap}])
-            restore_snapshot(op.runner, stack, [(comp, now)], snap)
+            restore_snapshot(op.runner, stack, [(comp, dict(inst, status="Running"))], snap,
+                             known=True)
             failed.append("%s (rolled back to snapshot %s, healthy again)" % (comp, snap))
     if failed:
         raise BotlxcError("update failed its health check: %s" % "; ".join(failed))
@@ -2544,7 +2548,7 @@ def clone_tenant(op, to, stack_dir):
         op.runner.change(["install", "-D", "-m", "0600", str(limits_path(stack)),
                           str(limits_path(target))], "the clone keeps this tenant's limits",
                          step="clone " + to)
-    delete_snapshot(op, snap)
+    drop_snapshot(op.runner, stack, [inst["name"] for _, inst in pairs], snap)
     privileged = (pairs[0][1].get("config") or {}).get("security.privileged") == "true"
     spec = same_as(op, pairs[0][1], tenant=to, stack=target, privileged=privileged)
     with locks(op.host, op.runner.dry_run, op.wait, "tenant-" + to)[0]:
