@@ -2010,6 +2010,14 @@ def up(runner, spec, host_lock=None):
     return ports, failures
 
 
+def limits_of(inst):
+    """What LXD applies now: cpu, memory, root disk size (None: no limit)."""
+    config = inst.get("expanded_config") or inst.get("config") or {}
+    root = (inst.get("expanded_devices") or inst.get("devices") or {}).get("root") or {}
+    return {"cpu": config.get("limits.cpu"), "memory": config.get("limits.memory"),
+            "disk": root.get("size")}
+
+
 def status_rows(runner, snapshot, tenant, check_health=True):
     rows = []
     for comp, inst in sorted(snapshot["mine"].items(),
@@ -2022,7 +2030,8 @@ def status_rows(runner, snapshot, tenant, check_health=True):
         ports = {device: "%d->%d" % pair for device, pair in sorted(proxy_ports(inst).items())}
         row = {"name": name, "component": comp, "state": inst.get("status", "?").upper(),
                "ipv4": ipv4, "ports": ports, "stack": labels(inst).get("stack"),
-               "installed": bool(labels(inst).get("installed")), "health": "-"}
+               "installed": bool(labels(inst).get("installed")), "health": "-",
+               "limits": {k: v for k, v in limits_of(inst).items() if v}}
         if check_health and row["state"] == "RUNNING" and row["installed"]:
             ok, message = health(runner, name)
             row["health"] = "healthy" if ok else "unhealthy: " + message
@@ -2034,7 +2043,7 @@ def status_rows(runner, snapshot, tenant, check_health=True):
     for inst in snapshot["foreign"]:
         rows.append({"name": inst["name"], "component": labels(inst).get("component"),
                      "state": inst.get("status", "?").upper(), "ipv4": [], "ports": {},
-                     "stack": labels(inst).get("stack"), "installed": False,
+                     "stack": labels(inst).get("stack"), "installed": False, "limits": {},
                      "health": "foreign: has tenant %s's labels but not its name; botlxc "
                                "leaves it alone" % tenant})
     return rows
@@ -2361,14 +2370,6 @@ def destroy(op, purge):
         op.runner.change(["rm", "-rf", "--one-file-system", str(snapshot_dir(stack))],
                          "delete the host-dir copies of the snapshots", step="destroy")
     return stack
-
-
-def limits_of(inst):
-    """What LXD applies now: cpu, memory, root disk size (None: no limit)."""
-    config = inst.get("expanded_config") or inst.get("config") or {}
-    root = (inst.get("expanded_devices") or inst.get("devices") or {}).get("root") or {}
-    return {"cpu": config.get("limits.cpu"), "memory": config.get("limits.memory"),
-            "disk": root.get("size")}
 
 
 def set_limits(op, component, cpu, memory, disk):
@@ -2819,9 +2820,13 @@ def cmd_status(op, as_json, no_health):
         return
     click.echo("%-18s %-8s %-15s %-28s %s" % ("NAME", "STATE", "IPV4", "PORTS", "HEALTH"))
     for row in rows:
-        click.echo("%-18s %-8s %-15s %-28s %s" % (
+        click.echo("%-18s %-8s %-15s %-28s %s%s" % (
             row["name"], row["state"], ",".join(row["ipv4"]) or "-",
-            " ".join(v for v in row["ports"].values()) or "-", row["health"]))
+            " ".join(v for v in row["ports"].values()) or "-", row["health"],
+            "".join("  %s=%s" % kv for kv in sorted(row["limits"].items()))))
+    schedule = snapshot_schedule(op.host, op.tenant)
+    if schedule:
+        click.echo("snapshots: " + schedule)
 
 
 @tenant_command("down", check=lambda components: dict(

@@ -144,7 +144,7 @@ def test_help_and_version_exit_0(capsys, fp):
 def rows_of_acme_up(stack):
     return [{"name": "acme-" + c, "component": c, "state": "RUNNING", "ipv4": [ip],
              "ports": {"port-%d" % port: "%d->%d" % (port, port)}, "stack": str(stack),
-             "installed": True, "health": "healthy"}
+             "installed": True, "health": "healthy", "limits": {}}
             for c, ip, port in (("tables", "10.101.177.23", 5432),
                                 ("drive", "10.101.177.24", 9000),
                                 ("cache", "10.101.177.25", 6379))]
