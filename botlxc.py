@@ -7,16 +7,19 @@ Map of this file, top to bottom; each section uses only what is above it:
   2. constants     paths, names, defaults
   3. errors        BotlxcError (1), BadInput (2), CommandFailed (3), Interrupted (130)
   4. output        progress on stderr; stdout is for machine output only
-  5. Runner        the only door to the outside: read / change / local; runbook
+  5. Runner        the only door to the outside: read / change / local / attach; runbook
   6. lxc_*         one small wrapper per lxc subcommand, argv as literal lists
   7. retry         one tenacity policy, applied by name to flaky steps
   8. templates     one Jinja2 environment (StrictUndefined)
   9. components    COMPONENTS: the services as data
- 10. validation    tenant names, ports, components: checked before anything runs
+ 10. validation    tenant names, ports, sizes, CPUs, snapshot names: before anything runs
  11. host files    the trust boundary: safe paths, bounded reads, private writes, locks
  12. host          LXD install/start/init, Debian 12 image, artifacts
- 13. tenant steps  observe -> ensure_* (stack, instances, mounts, ports, secrets, services)
- 14. CLI           thin click commands, main()
+ 13. tenant steps  observe -> ensure_* (stack, instances, mounts, ports, secrets, services),
+                   up / down / status, then the day-2 operations (snapshots, restore,
+                   clone, limits, ports, usage, update, rotate, destroy)
+ 14. CLI           tenant_command (one shape: validate, facts, Runner, lock, Op, finish),
+                   thin click commands, main()
 
 Exit codes: 0 ok - 1 error - 2 usage or bad input (nothing changed) - 3 a command failed
 (the message names the step and the command) - 130 interrupted (the next run converges).
