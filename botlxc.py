@@ -612,16 +612,24 @@ _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)(B|kB|MB|GB|TB|KiB|MiB|GiB|TiB)")
 _SNAPSHOT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
-def validate_size(value, what):
-    """A size as LXD writes it (512MB, 2GiB), more than nothing."""
+#: A limit's value that removes the limit.
+UNLIMITED = "unlimited"
+
+
+def validate_size(value, what, unlimited=False):
+    """A size as LXD writes it (512MB, 2GiB), more than nothing (or "unlimited")."""
+    if unlimited and value == UNLIMITED:
+        return value
     match = _SIZE_RE.fullmatch(value or "")
     if not match or float(match.group(1)) <= 0:
         raise BadInput("invalid %s %r: give a size such as 512MB or 2GiB" % (what, value))
     return value
 
 
-def validate_cpu(value):
+def validate_cpu(value, unlimited=False):
     """A count of CPUs (2), or the CPUs to pin to (0-1, 0,2), as limits.cpu takes them."""
+    if unlimited and value == UNLIMITED:
+        return value
     if re.fullmatch(r"[1-9]\d{0,3}", value or ""):
         return value
     # A set of CPUs has a "-" or a ",": a lone number is a count (and 0 is none).
@@ -631,7 +639,7 @@ def validate_cpu(value):
             int(a) <= int(b) for a, _, b in (span.partition("-") for span in spans) if b):
         return value
     raise BadInput("invalid --cpu %r: give a count of CPUs (e.g. 2) or the CPUs to use "
-                   "(e.g. 0-1 or 0,2)" % value)
+                   "(e.g. 0-1 or 0,2)%s" % (value, ", or unlimited" if unlimited else ""))
 
 
 def validate_snapshot_name(name):
@@ -2376,14 +2384,24 @@ def destroy(op, purge):
 
 
 def set_limits(op, component, cpu, memory, disk):
+    """Set (or, with "unlimited", lift) limits live, and keep them for later containers."""
     stack, ((_, inst),) = tenant_stack(op), chosen(op, [component])
-    wanted = {key: value for key, value in (("limits.cpu", cpu), ("limits.memory", memory),
-                                            ("disk", disk)) if value}
-    ensure_config(op.runner, inst["name"], inst,
-                  {k: v for k, v in wanted.items() if k != "disk"})
-    ensure_root_size(op.runner, inst["name"], inst, wanted.get("disk"))
+    given = {key: value for key, value in (("limits.cpu", cpu), ("limits.memory", memory),
+                                           ("disk", disk)) if value}
+    wanted = {k: v for k, v in given.items() if v != UNLIMITED}
+    name, config = inst["name"], inst.get("config") or {}
+    ensure_config(op.runner, name, inst, {k: v for k, v in wanted.items() if k != "disk"})
+    for key in (k for k, v in given.items() if v == UNLIMITED and k != "disk"):
+        if key in config:
+            lxc_config_unset(op.runner, name, key, "no %s for %s" % (key, name))
+    ensure_root_size(op.runner, name, inst, wanted.get("disk"))
+    if given.get("disk") == UNLIMITED and "size" in ((inst.get("devices") or {}).get(
+            "root") or {}):
+        op.runner.change(["lxc", "config", "device", "unset", name, "root", "size"],
+                         "no root disk limit for %s" % name, step=name + ": device root")
     kept = read_limits(stack)
-    new = dict(kept, **{component: dict(kept.get(component, {}), **wanted)})
+    mine = {k: v for k, v in dict(kept.get(component, {}), **given).items() if v != UNLIMITED}
+    new = {c: v for c, v in dict(kept, **{component: mine}).items() if v}
     if new != kept:
         op.runner.change(["install", "-m", "0600", "/dev/stdin", str(limits_path(stack))],
                          "keep the limits for containers up makes again",
@@ -2930,17 +2948,19 @@ def cmd_destroy(op, purge, yes):
 
 def check_limits(component, cpu, memory, disk, as_json):
     return dict(component=validate_components([component])[0],
-                cpu=validate_cpu(cpu) if cpu is not None else None,
-                memory=validate_size(memory, "--memory") if memory is not None else None,
-                disk=validate_size(disk, "--disk") if disk is not None else None,
+                cpu=validate_cpu(cpu, True) if cpu is not None else None,
+                memory=validate_size(memory, "--memory", True) if memory is not None else None,
+                disk=validate_size(disk, "--disk", True) if disk is not None else None,
                 as_json=as_json)
 
 
 @tenant_command("limits", check=check_limits)
 @click.argument("component")
-@click.option("--cpu", help="CPUs: a count (2) or the ones to use (0-1).")
-@click.option("--memory", help="Memory, e.g. 512MB or 2GiB.")
-@click.option("--disk", help="Root disk size, e.g. 10GiB (the host dirs are not in it).")
+@click.option("--cpu", help="CPUs: a count (2) or the ones to use (0-1); unlimited lifts it.")
+@click.option("--memory", help="Memory, e.g. 512MB or 2GiB (more than the service uses: the "
+                               "kernel kills past it); unlimited lifts it.")
+@click.option("--disk", help="Root disk size, e.g. 10GiB (the host dirs are not in it); "
+                             "unlimited lifts it.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
 def cmd_limits(op, component, cpu, memory, disk, as_json):
     """Show the component's limits, or set them live (kept by later `up` runs)."""
@@ -2948,7 +2968,8 @@ def cmd_limits(op, component, cpu, memory, disk, as_json):
         set_limits(op, component, cpu, memory, disk)
     ((_, inst),) = chosen(op, [component])
     shown = limits_of(inst)
-    shown.update({k: v for k, v in (("cpu", cpu), ("memory", memory), ("disk", disk)) if v})
+    shown.update({k: (None if v == UNLIMITED else v)
+                  for k, v in (("cpu", cpu), ("memory", memory), ("disk", disk)) if v})
     if as_json:
         echo_json(shown)
     else:

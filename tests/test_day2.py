@@ -505,3 +505,20 @@ def test_rotate_plans_new_secrets_and_the_install_that_applies_them(calls, tmp_p
     assert ["lxc", "exec", "acme-cache", "--", *INSTALL] in argvs
     assert argvs[-1][:5] == ["lxc", "config", "set", "acme-cache", "user.botlxc.installed"]
     assert OWNER and SS and tenant_instance and health_reads  # shared fixtures
+
+
+def test_unlimited_lifts_a_limit_live_and_from_the_kept_ones(calls, tmp_path):
+    spec = make_spec(tmp_path, components=("cache",))
+    world = up_world(spec)
+    world[0]["config"]["limits.memory"] = "256MB"
+    world[0]["devices"]["root"] = {"path": "/", "pool": "default", "type": "disk",
+                                   "size": "2GiB"}
+    (tmp_path / "stack/.botlxc/limits.json").write_text(json.dumps(
+        {"cache": {"limits.memory": "256MB", "disk": "2GiB", "limits.cpu": "1"}}))
+    op = op_for(calls, world)
+    calls(["lxc", "config", "unset", "acme-cache", "limits.memory"])
+    calls(["lxc", "config", "device", "unset", "acme-cache", "root", "size"])
+    calls(["install", "-m", "0600", "/dev/stdin", str(tmp_path / "stack/.botlxc/limits.json")])
+    botlxc.set_limits(op, "cache", None, "unlimited", "unlimited")
+    assert calls.made() == calls.expected
+    assert json.loads(op.runner.actions[-1].input) == {"cache": {"limits.cpu": "1"}}
