@@ -120,12 +120,14 @@ STOP_TIMEOUT = 120
 #: Inside a container: one install at a time. A run that was killed may have left its install
 #: running in there (lxc exec does not take it down); the next run waits for it, then repairs.
 INSTALL_LOCK = "/run/botlxc-install.lock"
-#: Run inside a container: the install with its output on the logs mount and its stdin
-#: closed, so a vanished botlxc (killed, Ctrl-C) cannot break its pipe mid-dpkg; the tail
-#: comes back on stderr for the error message. A constant script: nothing can be injected.
+#: Run inside a container: the install with its output in a root-only log (not on the logs
+#: mount, where the service's user could plant a link for root to write through) and its
+#: stdin closed, so a vanished botlxc (killed, Ctrl-C) cannot break its pipe mid-dpkg; the
+#: tail comes back on stderr for the error message. A constant script: nothing injected.
 INSTALL = ["flock", "-w", "900", INSTALL_LOCK, "sh", "-c",
-           "sh /usr/local/lib/botlxc/install.sh </dev/null >/opt/gbo/logs/install.log 2>&1; "
-           "rc=$?; tail -n 20 /opt/gbo/logs/install.log >&2; exit $rc"]
+           "mkdir -p -m 0700 /var/log/botlxc && sh /usr/local/lib/botlxc/install.sh "
+           "</dev/null >/var/log/botlxc/install.log 2>&1; rc=$?; "
+           "tail -n 20 /var/log/botlxc/install.log >&2; exit $rc"]
 #: Run inside a container until its health script passes (at most 90 s), so a runbook
 #: replayed by hand waits the same way; the last answer comes back on stderr when it fails.
 HEALTH_WAIT = ["sh", "-c",
@@ -484,6 +486,8 @@ class Component:
     engines: tuple = ("",)
     #: components that must be up first (when they are part of the same run)
     depends_on: tuple = ()
+    #: the user the service runs as, who owns its logs (logrotate rotates them as that user)
+    user: str = "root"
 
     def ports_for(self, engine):
         return tuple(p for p in self.ports if not p.engines or engine in p.engines)
@@ -507,6 +511,7 @@ COMPONENTS = {
         ),
         secrets=("TABLES_PASSWORD",),
         env=("DATABASE_URL=postgres://gbuser:{TABLES_PASSWORD}@{host}:{port_pg}/botserver",),
+        user="postgres",
     ),
     "drive": Component(
         name="drive",
@@ -520,6 +525,7 @@ COMPONENTS = {
              "DRIVE_ACCESSKEY={DRIVE_ACCESSKEY}",
              "DRIVE_SECRET={DRIVE_SECRET}"),
         engines=("rclone", "minio"),
+        user="drive",
     ),
     "cache": Component(
         name="cache",
@@ -531,6 +537,7 @@ COMPONENTS = {
         ),
         secrets=("CACHE_PASSWORD",),
         env=("CACHE_URL=redis://gbuser:{CACHE_PASSWORD}@{host}:{port_valkey}",),
+        user="valkey",
     ),
 }
 #: What `up` brings when no --component is given, in the chapter's order.
@@ -1828,7 +1835,8 @@ def render_files(spec, component):
     comp = COMPONENTS[component]
     engine = spec.engine_of(component)
     ctx = {"tenant": spec.tenant, "component": component, "engine": engine,
-           "ports": {p.name: p.port for p in comp.ports_for(engine)}, "secrets_in": SECRETS_IN}
+           "ports": {p.name: p.port for p in comp.ports_for(engine)}, "secrets_in": SECRETS_IN,
+           "user": comp.user}
     return [(dest, mode, render(template if "/" in template else
                                 "components/%s/%s" % (component, template), **ctx))
             for template, dest, mode in comp.files]
@@ -1838,8 +1846,7 @@ def render_files(spec, component):
 def run_install(runner, spec, name, component):
     # The script is idempotent, so a retry after a mirror hiccup simply runs it again.
     lxc_exec(runner, name, INSTALL, why="install and start the service in %s" % name,
-             step="%s: install (log: %s)" % (name, host_dir(spec, component, "logs")
-                                             / "install.log"))
+             step="%s: install (log: botlxc logs %s -t %s)" % (name, component, spec.tenant))
 
 
 def health(runner, name):
@@ -2084,20 +2091,22 @@ def down(runner, snapshot, components):
 
 # ---- day-2 operations: each works on the tenant's snapshot (Op) and changes through the Runner
 
-#: Run inside a container by `update`: packages upgraded under the install lock, output on
-#: the logs mount (a vanished botlxc cannot break apt's pipe), its tail on stderr.
+#: Run inside a container by `update`: packages upgraded under the install lock, output in
+#: the root-only log dir (a vanished botlxc cannot break apt's pipe), its tail on stderr.
 UPGRADE = ["flock", "-w", "900", INSTALL_LOCK, "sh", "-c",
+           "mkdir -p -m 0700 /var/log/botlxc; "
            "{ export DEBIAN_FRONTEND=noninteractive; dpkg --configure -a && "
            "apt-get -o DPkg::Lock::Timeout=600 update -q && "
            "apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confold -qy upgrade; "
-           "} </dev/null >/opt/gbo/logs/update.log 2>&1; rc=$?; "
-           "tail -n 20 /opt/gbo/logs/update.log >&2; exit $rc"]
-#: Run inside a container by `logs`: the unit's journal, then the files on the logs mount;
-#: with "follow", both as they grow. Arguments: unit, lines, follow or not.
+           "} </dev/null >/var/log/botlxc/update.log 2>&1; rc=$?; "
+           "tail -n 20 /var/log/botlxc/update.log >&2; exit $rc"]
+#: Run inside a container by `logs`: the unit's journal, then the files on the logs mount
+#: and botlxc's install/update logs; with "follow", all as they grow. Arguments: unit,
+#: lines, follow or not.
 LOGS = ["sh", "-c",
         'journalctl -u "$1" -n "$2" --no-pager -q ${3:+-f} & '
-        'if [ -n "$3" ]; then tail -n "$2" -F /opt/gbo/logs/*.log; '
-        'else wait; tail -n "$2" /opt/gbo/logs/*.log 2>/dev/null; fi']
+        'if [ -n "$3" ]; then tail -n "$2" -F /opt/gbo/logs/*.log /var/log/botlxc/*.log; '
+        'else wait; tail -n "$2" /opt/gbo/logs/*.log /var/log/botlxc/*.log 2>/dev/null; fi']
 #: What a scheduled snapshot's name starts with; --keep prunes only these.
 AUTO_PREFIX = "auto-"
 
@@ -2464,7 +2473,7 @@ def update_components(op, components):
         name, snap = inst["name"], "pre-update-" + stamp()
         take_snapshot(op.runner, stack, [(comp, inst)], snap)
         lxc_exec(op.runner, name, UPGRADE, why="upgrade the packages in %s" % name,
-                 step="%s: upgrade (log: %s)" % (name, stack / comp / "logs" / "update.log"))
+                 step="%s: upgrade (log: botlxc logs %s -t %s)" % (name, comp, op.tenant))
         if not installed(inst):
             continue
         try:

@@ -13,8 +13,9 @@ from conftest import (ANY, DEFAULT_PORTS, IMAGE_LIST, LIST, OWNER, QUERY_NETWORK
 V = botlxc.VERSION
 HOST_READS = [QUERY_SERVER, QUERY_POOLS, QUERY_NETWORKS, QUERY_PROFILE, IMAGE_LIST, LIST, SS]
 INSTALL = ["flock", "-w", "900", "/run/botlxc-install.lock", "sh", "-c",
-           "sh /usr/local/lib/botlxc/install.sh </dev/null >/opt/gbo/logs/install.log 2>&1; "
-           "rc=$?; tail -n 20 /opt/gbo/logs/install.log >&2; exit $rc"]
+           "mkdir -p -m 0700 /var/log/botlxc && sh /usr/local/lib/botlxc/install.sh "
+           "</dev/null >/var/log/botlxc/install.log 2>&1; rc=$?; "
+           "tail -n 20 /var/log/botlxc/install.log >&2; exit $rc"]
 HEALTH_WAIT = ["sh", "-c",
                "i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); "
                "[ $i -lt 45 ] || { echo \"$out\" >&2; exit 1; }; sleep 2; done; echo \"$out\""]
@@ -505,9 +506,9 @@ def test_one_failing_component_does_not_stop_the_others(calls, tmp_path):
     assert list(failures) == ["cache"]
     assert isinstance(failures["cache"], botlxc.CommandFailed)
     assert str(failures["cache"]) == (
-        "acme-cache: install (log: %s/stack/cache/logs/install.log): command failed (exit 100)"
+        "acme-cache: install (log: botlxc logs cache -t acme): command failed (exit 100)"
         ": lxc exec acme-cache -- %s -- E: Unable to locate package valkey-server"
-        % (tmp_path, botlxc.shlex.join(INSTALL)))
+        % botlxc.shlex.join(INSTALL))
 
 
 def test_components_run_concurrently_each_in_its_own_order(calls, tmp_path):

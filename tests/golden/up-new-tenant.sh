@@ -221,8 +221,10 @@ BOTLXC_EOF
 lxc file push - acme-tables/etc/logrotate.d/botlxc --create-dirs --mode 0644 <<'BOTLXC_EOF'
 # botlxc: keep tables's logs on the host-mounted /opt/gbo/logs bounded.
 # copytruncate: the services keep their log file open and the chapter's `tail -f` on the
-# host goes on reading the same file name.
+# host goes on reading the same file name. `su`: the dir is the service user's, so rotate
+# as that user; as root, a link that user planted there would be followed.
 /opt/gbo/logs/*.log {
+    su postgres postgres
     daily
     maxsize 100M
     rotate 14
@@ -231,6 +233,15 @@ lxc file push - acme-tables/etc/logrotate.d/botlxc --create-dirs --mode 0644 <<'
     compress
     delaycompress
     copytruncate
+}
+
+# botlxc's own install/update output (root's dir)
+/var/log/botlxc/*.log {
+    weekly
+    rotate 4
+    missingok
+    notifempty
+    compress
 }
 BOTLXC_EOF
 
@@ -258,6 +269,18 @@ Restart=on-failure
 RuntimeDirectory=postgresql
 RuntimeDirectoryMode=2775
 RuntimeDirectoryPreserve=yes
+# Least privilege (templates/common/hardening.conf.j2): the service writes only its data and
+# logs dirs, cannot gain privileges, holds no capabilities, and sees no home dirs, host
+# kernel knobs or cgroup tree. (All of it works in an unprivileged LXD container.)
+NoNewPrivileges=true
+PrivateTmp=true
+ProtectHome=true
+ProtectSystem=strict
+ReadWritePaths=/opt/gbo/data /opt/gbo/logs
+CapabilityBoundingSet=
+ProtectKernelTunables=true
+ProtectControlGroups=true
+RestrictSUIDSGID=true
 
 [Install]
 WantedBy=multi-user.target
@@ -323,13 +346,13 @@ botlxc     root         postgres
 BOTLXC_EOF
 
 # install and start the service in acme-tables
-lxc exec acme-tables -- flock -w 900 /run/botlxc-install.lock sh -c 'sh /usr/local/lib/botlxc/install.sh </dev/null >/opt/gbo/logs/install.log 2>&1; rc=$?; tail -n 20 /opt/gbo/logs/install.log >&2; exit $rc'
+lxc exec acme-tables -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 0700 /var/log/botlxc && sh /usr/local/lib/botlxc/install.sh </dev/null >/var/log/botlxc/install.log 2>&1; rc=$?; tail -n 20 /var/log/botlxc/install.log >&2; exit $rc'
 
 # wait until acme-tables answers its health check
 lxc exec acme-tables -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-tables user.botlxc.installed fe09b1ff35d1f574
+lxc config set acme-tables user.botlxc.installed 9e72f1cf9f351478
 
 # start acme-drive
 lxc start acme-drive
@@ -482,8 +505,10 @@ BOTLXC_EOF
 lxc file push - acme-drive/etc/logrotate.d/botlxc --create-dirs --mode 0644 <<'BOTLXC_EOF'
 # botlxc: keep drive's logs on the host-mounted /opt/gbo/logs bounded.
 # copytruncate: the services keep their log file open and the chapter's `tail -f` on the
-# host goes on reading the same file name.
+# host goes on reading the same file name. `su`: the dir is the service user's, so rotate
+# as that user; as root, a link that user planted there would be followed.
 /opt/gbo/logs/*.log {
+    su drive drive
     daily
     maxsize 100M
     rotate 14
@@ -492,6 +517,15 @@ lxc file push - acme-drive/etc/logrotate.d/botlxc --create-dirs --mode 0644 <<'B
     compress
     delaycompress
     copytruncate
+}
+
+# botlxc's own install/update output (root's dir)
+/var/log/botlxc/*.log {
+    weekly
+    rotate 4
+    missingok
+    notifempty
+    compress
 }
 BOTLXC_EOF
 
@@ -514,21 +548,31 @@ ExecStart=/opt/botlxc/rclone/bin/rclone serve s3 /opt/gbo/data --addr 127.0.0.1:
 # rclone exits 143 on SIGTERM; that is a clean stop, not a failure.
 SuccessExitStatus=143
 Restart=on-failure
+# Least privilege (templates/common/hardening.conf.j2): the service writes only its data and
+# logs dirs, cannot gain privileges, holds no capabilities, and sees no home dirs, host
+# kernel knobs or cgroup tree. (All of it works in an unprivileged LXD container.)
 NoNewPrivileges=true
 PrivateTmp=true
+ProtectHome=true
+ProtectSystem=strict
+ReadWritePaths=/opt/gbo/data /opt/gbo/logs
+CapabilityBoundingSet=
+ProtectKernelTunables=true
+ProtectControlGroups=true
+RestrictSUIDSGID=true
 
 [Install]
 WantedBy=multi-user.target
 BOTLXC_EOF
 
 # install and start the service in acme-drive
-lxc exec acme-drive -- flock -w 900 /run/botlxc-install.lock sh -c 'sh /usr/local/lib/botlxc/install.sh </dev/null >/opt/gbo/logs/install.log 2>&1; rc=$?; tail -n 20 /opt/gbo/logs/install.log >&2; exit $rc'
+lxc exec acme-drive -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 0700 /var/log/botlxc && sh /usr/local/lib/botlxc/install.sh </dev/null >/var/log/botlxc/install.log 2>&1; rc=$?; tail -n 20 /var/log/botlxc/install.log >&2; exit $rc'
 
 # wait until acme-drive answers its health check
 lxc exec acme-drive -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-drive user.botlxc.installed c1697d971d0e450a
+lxc config set acme-drive user.botlxc.installed bf9b6c462e150d8c
 
 # start acme-cache
 lxc start acme-cache
@@ -615,13 +659,14 @@ for d in /opt/gbo/data /opt/gbo/logs; do
 done
 chmod 0750 /opt/gbo/data /opt/gbo/logs
 
-# Bare `valkey-cli ping` keeps working; every data command needs user gbuser.
+# Bare `valkey-cli ping` keeps working; every data command needs user gbuser, who may not
+# run admin or dangerous commands (CONFIG, FLUSHALL, KEYS, DEBUG, SHUTDOWN, ...).
 # Only the SHA-256 of the password is stored (Valkey's "#<hash>" form); printf is a
 # shell builtin, so the password is never in any argv.
 install -d -m 0755 /etc/botlxc
 umask 077
 hash=$(printf '%s' "$CACHE_PASSWORD" | sha256sum | cut -d ' ' -f 1)
-printf 'user default on nopass resetchannels -@all +ping +hello\nuser gbuser on #%s ~* &* +@all\n' "$hash" > "$ACL.tmp"
+printf 'user default on nopass resetchannels -@all +ping +hello\nuser gbuser on #%s ~* &* +@all -@admin -@dangerous\n' "$hash" > "$ACL.tmp"
 chown valkey:valkey "$ACL.tmp"
 mv "$ACL.tmp" "$ACL"
 
@@ -667,8 +712,10 @@ BOTLXC_EOF
 lxc file push - acme-cache/etc/logrotate.d/botlxc --create-dirs --mode 0644 <<'BOTLXC_EOF'
 # botlxc: keep cache's logs on the host-mounted /opt/gbo/logs bounded.
 # copytruncate: the services keep their log file open and the chapter's `tail -f` on the
-# host goes on reading the same file name.
+# host goes on reading the same file name. `su`: the dir is the service user's, so rotate
+# as that user; as root, a link that user planted there would be followed.
 /opt/gbo/logs/*.log {
+    su valkey valkey
     daily
     maxsize 100M
     rotate 14
@@ -677,6 +724,15 @@ lxc file push - acme-cache/etc/logrotate.d/botlxc --create-dirs --mode 0644 <<'B
     compress
     delaycompress
     copytruncate
+}
+
+# botlxc's own install/update output (root's dir)
+/var/log/botlxc/*.log {
+    weekly
+    rotate 4
+    missingok
+    notifempty
+    compress
 }
 BOTLXC_EOF
 
@@ -696,8 +752,18 @@ ExecStart=/usr/bin/valkey-server /opt/gbo/conf/valkey.conf
 Restart=on-failure
 UMask=0077
 LimitNOFILE=65535
+# Least privilege (templates/common/hardening.conf.j2): the service writes only its data and
+# logs dirs, cannot gain privileges, holds no capabilities, and sees no home dirs, host
+# kernel knobs or cgroup tree. (All of it works in an unprivileged LXD container.)
 NoNewPrivileges=true
 PrivateTmp=true
+ProtectHome=true
+ProtectSystem=strict
+ReadWritePaths=/opt/gbo/data /opt/gbo/logs
+CapabilityBoundingSet=
+ProtectKernelTunables=true
+ProtectControlGroups=true
+RestrictSUIDSGID=true
 
 [Install]
 WantedBy=multi-user.target
@@ -730,10 +796,10 @@ oom-score-adj no
 BOTLXC_EOF
 
 # install and start the service in acme-cache
-lxc exec acme-cache -- flock -w 900 /run/botlxc-install.lock sh -c 'sh /usr/local/lib/botlxc/install.sh </dev/null >/opt/gbo/logs/install.log 2>&1; rc=$?; tail -n 20 /opt/gbo/logs/install.log >&2; exit $rc'
+lxc exec acme-cache -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 0700 /var/log/botlxc && sh /usr/local/lib/botlxc/install.sh </dev/null >/var/log/botlxc/install.log 2>&1; rc=$?; tail -n 20 /var/log/botlxc/install.log >&2; exit $rc'
 
 # wait until acme-cache answers its health check
 lxc exec acme-cache -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-cache user.botlxc.installed 38114ec379650584
+lxc config set acme-cache user.botlxc.installed 4613a44d7864433a
