@@ -2740,6 +2740,10 @@ def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports
         raise BadInput("--artifact/--sha256 are for --engine minio; the %s engine needs none"
                        % engine)
     components = validate_components(components or DEFAULT_COMPONENTS)
+    if not ipaddress.ip_address(validate_listen(listen)).is_loopback:
+        say("warning: --listen %s: PostgreSQL, S3 and Valkey then answer beyond this host "
+            "without TLS; passwords and data cross the network in clear (keep it to a "
+            "trusted network, or put a TLS proxy in front)" % listen)
     return dict(
         components=components,
         stack=Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else None,

@@ -242,3 +242,12 @@ def test_down_unknown_component_is_exit_2(capsys, fp):
     assert (code, out) == (2, "")
     assert_one_line_error(err, "unknown component 'llama' (known: tables, drive, cache)")
     assert list(fp.calls) == []
+
+
+def test_a_listen_address_beyond_loopback_warns_about_tls(capsys, fp, tmp_path):
+    code, out, err = run(capsys, "up", "--tenant", "acme", "--listen", "0.0.0.0",
+                         "--image", "bad image")
+    assert code == 2  # refused for its image, after the warning: nothing ran
+    assert err.startswith("warning: --listen 0.0.0.0: PostgreSQL, S3 and Valkey then answer "
+                          "beyond this host without TLS")
+    assert list(fp.calls) == []
