@@ -1324,6 +1324,11 @@ class Spec:
     services: bool = True
     jobs: int = 3
     host: HostFacts = dataclasses.field(default_factory=HostFacts)
+    #: a network of the tenant's own, walled off from other tenants (--shared-network: no)
+    isolated: bool = True
+    #: the network its containers use, once prepare() has made sure of it (None: the
+    #: default profile's)
+    network: str = None
 
     def name(self, component):
         return "%s-%s" % (self.tenant, component)
@@ -1548,6 +1553,8 @@ def ensure_host_dirs(runner, spec, component, owner):
 
 def wanted_devices(spec, component, ports):
     devices = {}
+    if spec.network:
+        devices["eth0"] = {"type": "nic", "network": spec.network, "name": "eth0"}
     for which in HOST_DIRS:
         devices[which] = {"type": "disk", "source": str(host_dir(spec, component, which)),
                           "path": "%s/%s" % (MOUNT_ROOT, which)}
@@ -1569,13 +1576,23 @@ def ensure_devices(runner, spec, component, inst, ports):
             continue
         if current is not None:  # (never a data mount: check_stack refused those)
             lxc_device_remove(runner, name, device, "replace device %s" % device)
-        what = "mount %s at %s" % (props["source"], props["path"]) if props["type"] == "disk" \
-            else "forward host %s to %s" % (props["listen"], props["connect"])
+        what = {"disk": lambda: "mount %s at %s" % (props["source"], props["path"]),
+                "proxy": lambda: "forward host %s to %s" % (props["listen"], props["connect"]),
+                "nic": lambda: "on network %s" % props["network"]}[props["type"]]()
         settings = {key: value for key, value in props.items() if key != "type"}
         lxc_device_add(runner, name, device, props["type"], settings, what)
     for device, props in have.items():
         if props.get("type") == "proxy" and device.startswith("port-") and device not in wanted:
             lxc_device_remove(runner, name, device, "port %s no longer used" % device)
+        if device == "eth0" and device not in wanted:
+            lxc_device_remove(runner, name, device, "back on the shared network")
+
+
+def nic_changes(spec, inst):
+    """Whether the container must move to another network (it is stopped for that)."""
+    have = ((inst or {}).get("devices") or {}).get("eth0")
+    want = {"type": "nic", "network": spec.network, "name": "eth0"} if spec.network else None
+    return inst is not None and have != want
 
 
 def ensure_config(runner, name, inst, wanted):
@@ -1647,7 +1664,11 @@ def create_instance(runner, spec, component, inst, ports, image):
     else:
         ensure_config(runner, name, inst, wanted)
         ensure_root_size(runner, name, inst, disk)
+        if nic_changes(spec, inst) and inst.get("status") != "Stopped":
+            lxc_stop(runner, name)  # a NIC moves to another network while stopped
+            inst = dict(inst, status="Stopped")
     ensure_devices(runner, spec, component, inst, ports)
+    return inst
 
 
 def ensure_root_size(runner, name, inst, size):
@@ -1668,6 +1689,153 @@ def start_instance(runner, spec, component, inst):
         wait_ready(runner, name)
     ensure_host_ca(runner, spec, name, inst)
     return name
+
+
+# ---- the tenant's own network: isolation
+
+#: Where other tenants' containers, the host's LANs and its own services live. A tenant's
+#: containers may neither reach these nor be reached from them; the internet (where the
+#: package mirrors are) stays open, and so do DHCP and DNS on the tenant's own bridge.
+PRIVATE_NETS = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10",
+                "169.254.0.0/16")
+
+
+def tenant_network(tenant):
+    """A bridge name per tenant (Linux allows 15 characters; tenant names are longer)."""
+    return "bx" + hashlib.sha256(tenant.encode()).hexdigest()[:10]
+
+
+def tenant_acl(tenant):
+    return "botlxc-" + tenant
+
+
+def host_addresses(runner):
+    """The host's own IPv4 addresses (its services listen there)."""
+    proc = runner.read(["ip", "-j", "-4", "addr"], step="read host addresses")
+    return sorted({info["local"] for item in json.loads(proc.stdout or "[]")
+                   for info in item.get("addr_info", []) if "local" in info
+                   and not ipaddress.ip_address(info["local"]).is_loopback})
+
+
+def mirror_addresses(runner, facts):
+    """The IPv4 addresses of the host's apt mirrors and pip index: kept reachable even on
+    a private network (a LAN apt proxy), so isolation never breaks an install."""
+    hosts = {re.sub(r"^[a-z]+://([^/@]*@)?([^/:]+).*$", r"\2", url)
+             for url in list(facts.mirrors.values()) + [facts.pip_index_url] if url}
+    found = set()
+    for host in sorted(hosts):
+        proc = runner.read(["getent", "ahostsv4", host], check=False, step="resolve " + host)
+        found.update(line.split()[0] for line in proc.stdout.splitlines() if line.strip())
+    return sorted(found)
+
+
+def isolation_targets(runner, facts):
+    """The ranges a tenant's ACL rejects: private nets and the host's addresses, less the
+    mirrors' addresses (carved out of the ranges that hold them)."""
+    nets = [ipaddress.ip_network(n) for n in PRIVATE_NETS]
+    nets += [ipaddress.ip_network(a + "/32") for a in host_addresses(runner)
+             if not any(ipaddress.ip_address(a) in n for n in nets)]
+    for mirror in mirror_addresses(runner, facts):
+        keep = ipaddress.ip_network(mirror + "/32")
+        nets = [part for net in nets for part in (
+            net.address_exclude(keep) if keep.subnet_of(net) else [net])]
+    return ",".join(str(n) for n in sorted(nets))
+
+
+def acl_document(tenant, targets):
+    """The tenant's ACL as LXD stores it (`lxc network acl edit` takes it as YAML/JSON)."""
+    rule = {"action": "reject", "state": "enabled", "description": "",
+            "source": "", "destination": "", "protocol": "", "source_port": "",
+            "destination_port": "", "icmp_type": "", "icmp_code": ""}
+    return {"description": "botlxc: tenant %s reaches no other tenant and no host service"
+                           % tenant,
+            "egress": [dict(rule, destination=targets,
+                            description="no other tenant, LAN or host service")],
+            "ingress": [dict(rule, source=targets,
+                             description="nothing from other tenants, LANs or the host")],
+            "config": {"user.botlxc.tenant": tenant}}
+
+
+def acl_rules(acl):
+    """What decides an ACL's effect, as comparable data."""
+    keys = ("action", "source", "destination", "protocol", "destination_port", "state")
+    return {direction: [{k: rule.get(k, "") for k in keys} for rule in acl.get(direction) or []]
+            for direction in ("egress", "ingress")}
+
+
+def ensure_network(runner, spec, world):
+    """The tenant's own bridge and ACL; returns the network its containers use."""
+    if not spec.isolated:
+        return None
+    name, acl = tenant_network(spec.tenant), tenant_acl(spec.tenant)
+    step = spec.tenant + ": network"
+    acls = {a["name"]: a for a in lxc_query(runner, "/1.0/network-acls?recursion=1") or []}
+    wanted = acl_document(spec.tenant, isolation_targets(runner, spec.host))
+    if acl not in acls:
+        runner.change(["lxc", "network", "acl", "create", acl], "tenant %s's network rules"
+                      % spec.tenant, step=step)
+    if acl not in acls or acl_rules(acls[acl]) != acl_rules(wanted):
+        runner.change(["lxc", "network", "acl", "edit", acl],
+                      "reject traffic to and from other tenants, LANs and host services",
+                      input=json.dumps(wanted, indent=2, sort_keys=True) + "\n", step=step)
+    config = {"security.acls": acl, "security.acls.default.egress.action": "allow",
+              "security.acls.default.ingress.action": "allow",
+              "user.botlxc.tenant": spec.tenant}
+    networks = {n["name"]: n for n in world["networks"]}
+    if name not in networks:
+        used = host_routes(runner) + [
+            ipaddress.ip_network(n["config"]["ipv4.address"], strict=False)
+            for n in world["networks"] if (n.get("config") or {}).get("ipv4.address", "")
+            not in ("", "none", "auto")]
+        net = free_subnet(used)
+        runner.change(["lxc", "network", "create", name, "--type=bridge",
+                       "ipv4.address=%s/%d" % (net.network_address + 1, net.prefixlen),
+                       "ipv4.nat=true", "ipv6.address=none",
+                       *["%s=%s" % kv for kv in config.items()]],
+                      "tenant %s's own bridge (%s)" % (spec.tenant, net), step=step)
+    else:
+        have = networks[name].get("config") or {}
+        for key, value in config.items():
+            if have.get(key) != value:
+                runner.change(["lxc", "network", "set", name, key, value],
+                              "%s = %s" % (key, value), step=step)
+    return name
+
+
+def drop_lxd_rules(runner, network, tables, only_to=None):
+    """Firewall rules LXD generated for a network botlxc made and is deleting.
+
+    LXD 5.0.2 with iptables (nf_tables) cannot delete a network's ACL chain while rules
+    still jump to it ("CHAIN_DEL failed (Device or resource busy)"), and leaves rules of a
+    deleted network behind. Only rules carrying LXD's own comment for this network go.
+    """
+    mark = '"generated for LXD network %s"' % network
+    for tool in ("iptables", "ip6tables"):
+        for table in tables:
+            proc = runner.read([tool + "-save", "-t", table], check=False,
+                               step="read firewall rules")
+            for line in proc.stdout.splitlines():
+                if line.startswith("-A ") and mark in line and (not only_to or only_to in line):
+                    runner.change([tool, "-t", table, "-D", *shlex.split(line)[1:]],
+                                  "remove LXD's rule for network %s" % network,
+                                  ok_codes=(0, 1), step=network + ": firewall")
+
+
+def remove_network(runner, tenant, world_networks, acls):
+    """The tenant's bridge and ACL, once no container uses them (destroy)."""
+    name, acl = tenant_network(tenant), tenant_acl(tenant)
+    step = tenant + ": network"
+    if name in world_networks:
+        if (world_networks[name].get("config") or {}).get("security.acls"):
+            drop_lxd_rules(runner, name, ["filter"], only_to="-j lxd_acl_" + name)
+            runner.change(["lxc", "network", "unset", name, "security.acls"],
+                          "detach the rules from %s before deleting it" % name, step=step)
+        runner.change(["lxc", "network", "delete", name], "delete tenant %s's bridge" % tenant,
+                      step=step)
+        drop_lxd_rules(runner, name, ["filter", "nat", "mangle"])
+    if acl in acls:
+        runner.change(["lxc", "network", "acl", "delete", acl],
+                      "delete tenant %s's network rules" % tenant, step=step)
 
 
 # ---- the tenant's wishes that outlive its containers (limits)
@@ -1994,8 +2162,11 @@ def prepare(runner, spec):
         ensure_host_dirs(runner, spec, comp, owners[comp])
     if spec.services:
         ensure_secrets(runner, spec, {**existing_ports(spec, snapshot), **ports}, self_argv())
+    spec.network = ensure_network(runner, spec, world)
     for comp in spec.components:
-        create_instance(runner, spec, comp, snapshot["mine"].get(comp), ports, image)
+        inst = create_instance(runner, spec, comp, snapshot["mine"].get(comp), ports, image)
+        if inst is not None:
+            snapshot["mine"][comp] = inst
     return snapshot, ports
 
 
@@ -2049,7 +2220,9 @@ def status_rows(runner, snapshot, tenant, check_health=True):
         row = {"name": name, "component": comp, "state": inst.get("status", "?").upper(),
                "ipv4": ipv4, "ports": ports, "stack": labels(inst).get("stack"),
                "installed": bool(labels(inst).get("installed")), "health": "-",
-               "limits": {k: v for k, v in limits_of(inst).items() if v}}
+               "limits": {k: v for k, v in limits_of(inst).items() if v},
+               "network": ((inst.get("expanded_devices") or inst.get("devices") or {}).get(
+                   "eth0") or {}).get("network")}
         if check_health and row["state"] == "RUNNING" and row["installed"]:
             ok, message = health(runner, name)
             row["health"] = "healthy" if ok else "unhealthy: " + message
@@ -2062,6 +2235,7 @@ def status_rows(runner, snapshot, tenant, check_health=True):
         rows.append({"name": inst["name"], "component": labels(inst).get("component"),
                      "state": inst.get("status", "?").upper(), "ipv4": [], "ports": {},
                      "stack": labels(inst).get("stack"), "installed": False, "limits": {},
+                     "network": None,
                      "health": "foreign: has tenant %s's labels but not its name; botlxc "
                                "leaves it alone" % tenant})
     return rows
@@ -2368,25 +2542,35 @@ def unset_schedule(runner, facts, tenant):
                       step="snapshot schedule")
 
 
-def destroy(op, purge):
-    """Containers (and their LXD snapshots), the host-dir snapshots and the schedule; the
-    data itself only with purge. Returns the stack."""
+def destroy(op, purge, stack_dir=None):
+    """Containers (and their LXD snapshots), the tenant's network, the host-dir snapshots and
+    the schedule; the data itself only with purge. Returns the stack (None: none found)."""
     mine = op.snapshot["mine"]
-    stack = tenant_stack(op) if mine else Path(os.path.abspath(str(default_stack(op.tenant))))
+    stack = tenant_stack(op) if mine else Path(os.path.abspath(str(
+        stack_dir or default_stack(op.tenant))))
     if not mine:
         check_host_path(stack)
         owner = (read_file(stack / STATE_DIR / "tenant", 256) or "").strip()
         if owner != op.tenant:
-            raise BotlxcError("tenant %s has no containers and %s is not its stack; nothing "
-                              "to destroy" % (op.tenant, stack))
+            if purge:
+                raise BotlxcError("tenant %s has no containers and %s is not its stack; give "
+                                  "its --stack-dir to purge its data" % (op.tenant, stack))
+            stack = None
     for _, inst in sorted(mine.items(), key=lambda kv: catalogue_order(kv[0])):
         remove_instance(op.runner, inst)
+
+    def ours(path):  # only what carries this tenant's label, never someone else's
+        return {item["name"]: item for item in lxc_query(op.runner, path) or []
+                if (item.get("config") or {}).get("user.botlxc.tenant") == op.tenant}
+
+    remove_network(op.runner, op.tenant, ours("/1.0/networks?recursion=1"),
+                   ours("/1.0/network-acls?recursion=1"))
     unset_schedule(op.runner, op.host, op.tenant)
     if purge:
         op.runner.change(["rm", "-rf", "--one-file-system", str(stack)],
                          "delete tenant %s's data, secrets and snapshots (--purge-data)"
                          % op.tenant, step="purge " + op.tenant)
-    elif lstat_or_none(snapshot_dir(stack)) is not None:
+    elif stack is not None and lstat_or_none(snapshot_dir(stack)) is not None:
         op.runner.change(["rm", "-rf", "--one-file-system", str(snapshot_dir(stack))],
                          "delete the host-dir copies of the snapshots", step="destroy")
     return stack
@@ -2512,10 +2696,12 @@ def port_rows(op):
 def same_as(op, inst, **overrides):
     """A Spec for more of what the tenant already is: engine, listen address, services."""
     rows = port_rows(op)
+    nic = ((inst.get("devices") or {}).get("eth0") or {}).get("network")
     values = dict(tenant=op.tenant, components=tuple(c for c, _ in chosen(op)), stack=None,
                   engine=labels(inst).get("engine") or "rclone",
                   listen=rows[0]["listen"] if rows else "127.0.0.1",
-                  services=any(installed(i) for _, i in chosen(op)), host=op.host)
+                  services=any(installed(i) for _, i in chosen(op)), host=op.host,
+                  isolated=nic == tenant_network(op.tenant))
     values.update(overrides)
     return Spec(**values)
 
@@ -2735,7 +2921,7 @@ def cmd_host_setup(dry_run, wait, image):
 
 
 def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports, engine,
-             artifacts, sums, containers_only, jobs):
+             artifacts, sums, containers_only, jobs, shared_network):
     if (artifacts or sums) and engine != "minio":
         raise BadInput("--artifact/--sha256 are for --engine minio; the %s engine needs none"
                        % engine)
@@ -2749,7 +2935,7 @@ def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports
         stack=Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else None,
         image=validate_image(image), privileged=privileged, host_ca=not no_host_ca,
         listen=validate_listen(listen), engine=engine, services=not containers_only,
-        port_picks=parse_port_picks(ports, COMPONENTS), jobs=jobs,
+        port_picks=parse_port_picks(ports, COMPONENTS), jobs=jobs, isolated=not shared_network,
         artifacts=parse_artifacts(artifacts, sums) if engine == "minio" and "drive" in
         components and not containers_only else {})
 
@@ -2778,6 +2964,9 @@ def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports
               help="Containers, mounts and ports only; install no services.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 16), default=3, show_default=True,
               help="Components brought up at the same time.")
+@click.option("--shared-network", is_flag=True,
+              help="Put the containers on LXD's shared bridge, reachable from other tenants' "
+                   "(default: a network of the tenant's own, walled off).")
 def cmd_up(op, **wanted):
     """Create or converge the tenant's containers and services (idempotent)."""
     spec = Spec(tenant=op.tenant, host=op.host, **wanted)
@@ -2858,6 +3047,12 @@ def cmd_status(op, as_json, no_health):
             row["name"], row["state"], ",".join(row["ipv4"]) or "-",
             " ".join(v for v in row["ports"].values()) or "-", row["health"],
             "".join("  %s=%s" % kv for kv in sorted(row["limits"].items()))))
+    networks = sorted({row["network"] for row in rows if row["network"]})
+    for network in networks:
+        click.echo("network: %s%s" % (network, " (the tenant's own, walled off by ACL %s)"
+                                      % tenant_acl(op.tenant)
+                                      if network == tenant_network(op.tenant) else
+                                      " (shared with other tenants: --shared-network)"))
     schedule = snapshot_schedule(op.host, op.tenant)
     if schedule:
         click.echo("snapshots: " + schedule)
@@ -2933,8 +3128,9 @@ def cmd_restart(op, components):
     start_components(op.runner, pairs)
 
 
-def check_destroy(purge_data, yes):
-    return dict(purge=purge_data, yes=yes)
+def check_destroy(purge_data, yes, stack_dir):
+    return dict(purge=purge_data, yes=yes, stack_dir=Path(validate_path(
+        stack_dir, "--stack-dir")) if stack_dir else None)
 
 
 @tenant_command("destroy", check=check_destroy)
@@ -2942,7 +3138,8 @@ def check_destroy(purge_data, yes):
               help="Also delete the host dirs: the data, secrets and .env. Asks for the "
                    "tenant's name unless --yes.")
 @click.option("--yes", is_flag=True, help="Do not ask.")
-def cmd_destroy(op, purge, yes):
+@click.option("--stack-dir", help="The tenant's stack, when it has no containers any more.")
+def cmd_destroy(op, purge, yes, stack_dir):
     """Delete the tenant's containers, snapshots and snapshot schedule. The data stays
     unless --purge-data."""
     if purge and not yes and not op.runner.dry_run:
@@ -2953,10 +3150,11 @@ def cmd_destroy(op, purge, yes):
                              "Type the tenant's name to go on" % op.tenant, err=True)
         if typed != op.tenant:
             raise BadInput("not confirmed (typed %r); nothing was deleted" % typed)
-    stack = destroy(op, purge)
+    stack = destroy(op, purge, stack_dir)
     if not op.runner.dry_run:
-        say("tenant %s destroyed; %s" % (op.tenant, "its data is gone" if purge
-                                         else "its data stays in %s" % stack))
+        say("tenant %s destroyed; %s" % (op.tenant, "its data is gone" if purge else
+                                         "its data stays in %s" % stack if stack else
+                                         "it had no stack here"))
 
 
 def check_limits(component, cpu, memory, disk, as_json):

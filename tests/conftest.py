@@ -122,9 +122,10 @@ def facts(**overrides):
 
 
 def make_spec(tmp_path, components=botlxc.DEFAULT_COMPONENTS, **overrides):
-    """The tenant acme, its stack under tmp_path, one job (deterministic order)."""
+    """The tenant acme, its stack under tmp_path, one job (deterministic order), on the
+    shared bridge (test_network.py covers a tenant's own network, the default)."""
     values = dict(tenant=TENANT, components=tuple(components), stack=tmp_path / "stack",
-                  jobs=1, host=facts())
+                  jobs=1, host=facts(), isolated=False)
     values.update(overrides)
     return botlxc.Spec(**values)
 

@@ -144,7 +144,7 @@ def test_help_and_version_exit_0(capsys, fp):
 def rows_of_acme_up(stack):
     return [{"name": "acme-" + c, "component": c, "state": "RUNNING", "ipv4": [ip],
              "ports": {"port-%d" % port: "%d->%d" % (port, port)}, "stack": str(stack),
-             "installed": True, "health": "healthy", "limits": {}}
+             "installed": True, "health": "healthy", "limits": {}, "network": "lxdbr0"}
             for c, ip, port in (("tables", "10.101.177.23", 5432),
                                 ("drive", "10.101.177.24", 9000),
                                 ("cache", "10.101.177.25", 6379))]
@@ -187,7 +187,8 @@ def test_status_table_with_a_stopped_and_an_unhealthy_instance(capsys, calls, tm
         "acme-tables        RUNNING  10.101.177.23   5432->5432                   unhealthy: "
         "tables: not accepting connections on 127.0.0.1:5432 (tables.service failed)",
         "acme-drive         STOPPED  -               9000->9000                   stopped",
-        "acme-cache         RUNNING  10.101.177.25   6379->6379                   healthy"]
+        "acme-cache         RUNNING  10.101.177.25   6379->6379                   healthy",
+        "network: lxdbr0 (shared with other tenants: --shared-network)"]
     assert calls.made() == calls.expected
 
 

@@ -128,9 +128,15 @@ def test_start_waits_for_boot_network_and_health(capsys, calls, acme):
 # ----------------------------------------------------------------------------- destroy
 
 
+NETWORKS = ["lxc", "query", "/1.0/networks?recursion=1"]
+ACLS = ["lxc", "query", "/1.0/network-acls?recursion=1"]
+
+
 def test_destroy_keeps_the_data_unless_purged(capsys, calls, acme, tmp_path):
     spec, world = acme
     calls(LIST, data=world)
+    calls(NETWORKS, data=[])
+    calls(ACLS, data=[])
     code, out, err = run(capsys, "destroy", "-t", "acme", "--dry-run")
     assert code == 0
     commands = runbook_argv(out)
@@ -154,6 +160,8 @@ def test_purge_without_yes_and_no_terminal_is_refused(capsys, calls, acme, tmp_p
 def test_purge_deletes_the_stack_last(calls, acme, tmp_path):
     spec, world = acme
     op = op_for(calls, world, dry_run=True)
+    calls(NETWORKS, data=[])
+    calls(ACLS, data=[])
     botlxc.destroy(op, purge=True)
     assert op.runner.actions[-1].argv == ["rm", "-rf", "--one-file-system",
                                           str(tmp_path / "stack")]
