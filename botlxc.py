@@ -111,6 +111,8 @@ HOST_CA_DIR = "/usr/local/share/ca-certificates"
 #: LXD's own id range for containers when root has none: first id, count. newuidmap only
 #: allows it once /etc/subuid and /etc/subgid grant it to root.
 SUBID_DEFAULT = (1000000, 1000000000)
+#: Ids each container gets of its own (security.idmap.isolated): root and 65535 users.
+IDMAP_SIZE = 65536
 #: LXD instance names are at most 63 characters (hostname rules).
 MAX_NAME = 63
 #: Seconds a run waits for a lock held by another botlxc run (--wait changes it).
@@ -858,6 +860,28 @@ def write_private(path, text):
         os.close(dir_fd)
 
 
+def shift_ids(paths, old, new, size=IDMAP_SIZE):
+    """Move the owners of everything under paths from one container's id range to another's.
+
+    Ids outside [old, old + size) stay. Links are changed themselves and never followed
+    (fd-based walk), so whatever a container left there cannot redirect root elsewhere; the
+    container is stopped while this runs.
+    """
+    def moved(ident):
+        return ident - old + new if old <= ident < old + size else ident
+
+    for top in map(str, paths):
+        st = os.lstat(top)
+        if stat.S_ISLNK(st.st_mode):
+            raise BotlxcError("refusing to shift ids under %s: it is a symbolic link" % top)
+        os.chown(top, moved(st.st_uid), moved(st.st_gid), follow_symlinks=False)
+        for _, dirnames, filenames, dir_fd in os.fwalk(top, follow_symlinks=False):
+            for name in dirnames + filenames:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+                os.chown(name, moved(st.st_uid), moved(st.st_gid), dir_fd=dir_fd,
+                         follow_symlinks=False)
+
+
 class Lock:
     """An flock in a root-only dir, opened without following links.
 
@@ -1000,13 +1024,14 @@ def free_subnet(used):
                       "with: lxc network create lxdbr0 ipv4.address=A.B.C.1/24 ipv4.nat=true")
 
 
-def root_subid(path):
-    """First id of root's range in /etc/subuid or /etc/subgid, or None."""
-    with contextlib.suppress(OSError, ValueError):
+def root_subid(path, count=False):
+    """First id (or, with count, the size) of root's first range in /etc/subuid or
+    /etc/subgid, or None. LXD uses that first range."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
         for line in Path(path).read_text().splitlines():
             user, _, rest = line.partition(":")
             if user == "root":
-                return int(rest.split(":")[0])
+                return int(rest.split(":")[1 if count else 0])
     return None
 
 
@@ -1014,6 +1039,11 @@ def subid_base():
     """Host id of an unprivileged container's root: LXD maps root's /etc/subuid range."""
     found = root_subid("/etc/subuid")
     return SUBID_DEFAULT[0] if found is None else found
+
+
+def subid_size():
+    found = root_subid("/etc/subuid", count=True)
+    return SUBID_DEFAULT[1] if found is None else found
 
 
 def kernel_has_btrfs():
@@ -1060,6 +1090,8 @@ class HostFacts:
     systemd: bool = False
     btrfs: bool = True
     subuid_base: int = 100000
+    #: how many ids root's range has (each container gets IDMAP_SIZE of them)
+    subuid_size: int = 1000000000
     #: root has ranges in both /etc/subuid and /etc/subgid
     subids: bool = True
     mirrors: dict = dataclasses.field(default_factory=lambda: {"debian": None, "security": None})
@@ -1076,7 +1108,7 @@ def read_host_facts():
         debootstrap=bool(shutil.which("debootstrap")), root=os.geteuid() == 0,
         debian=Path("/etc/debian_version").exists(),
         systemd=Path("/run/systemd/system").is_dir(), btrfs=btrfs_usable(),
-        subuid_base=subid_base(),
+        subuid_base=subid_base(), subuid_size=subid_size(),
         subids=None not in (root_subid("/etc/subuid"), root_subid("/etc/subgid")),
         mirrors=read_apt_mirrors(), pip_index_url=pip_index_url(), ca_files=host_ca_files())
 
@@ -1458,6 +1490,49 @@ def allocate_ports(spec, snapshot, listeners):
     return allocated
 
 
+def isolated_ranges(instances):
+    """(first, end) host ids of every container map smaller than a whole subordinate range:
+    the ranges isolated containers hold."""
+    ranges = set()
+    for inst in instances:
+        config = inst.get("config") or {}
+        for key in ("volatile.idmap.current", "volatile.idmap.next"):
+            with contextlib.suppress(ValueError, TypeError):
+                for entry in json.loads(config.get(key) or "[]"):
+                    if entry.get("Isuid") and int(entry.get("Maprange", 0)) <= IDMAP_SIZE:
+                        ranges.add((int(entry["Hostid"]), int(entry["Hostid"])
+                                    + int(entry["Maprange"])))
+    return ranges
+
+
+def allocate_bases(spec, snapshot):
+    """{component: host id of its container's root}. Every unprivileged container gets ids
+    of its own (security.idmap.isolated), chosen here, under the host lock, so a runbook
+    knows them: a break-out of one container owns no other container's files."""
+    taken = isolated_ranges(snapshot["all"])
+    bases = {}
+    for comp in spec.components:
+        inst = snapshot["mine"].get(comp)
+        config = (inst or {}).get("config") or {}
+        if config.get("security.privileged") == "true" or (inst is None and spec.privileged):
+            bases[comp] = 0
+            continue
+        if config.get("security.idmap.isolated") == "true" and config.get("security.idmap.base"):
+            bases[comp] = int(config["security.idmap.base"])
+            continue
+        first, end = spec.host.subuid_base, spec.host.subuid_base + spec.host.subuid_size
+        base = first + IDMAP_SIZE  # the first block stays LXD's shared map's root
+        while any(base < b_end and b_first < base + IDMAP_SIZE for b_first, b_end in taken):
+            base += IDMAP_SIZE
+        if base + IDMAP_SIZE > end:
+            raise BotlxcError("no free id range for %s: root's subordinate ids (/etc/subuid, "
+                              "%d from %d) are all in use; give root a larger range"
+                              % (spec.name(comp), spec.host.subuid_size, first))
+        bases[comp] = base
+        taken.add((base, base + IDMAP_SIZE))
+    return bases
+
+
 def idmap_base(inst, spec):
     """The host uid of container root for an existing instance, else the prediction."""
     if inst is not None:
@@ -1532,13 +1607,25 @@ def mark_stack(runner, spec):
 
 
 def ensure_host_dirs(runner, spec, component, owner):
-    """<stack>/<component>/{data,conf,logs}, owned by the container's root before mounting."""
+    """<stack>/<component>/{data,conf,logs}, owned by the container's root before mounting.
+
+    A tree that belongs to another container's ids (a clone's copy, a tenant moving to ids
+    of its own) is shifted to this one's: its conf dir's owner says whose root it was.
+    """
     dirs = [host_dir(spec, component, d) for d in HOST_DIRS]
     found = {d: lstat_or_none(d) for d in dirs}
     missing = [str(d) for d, st in found.items() if st is None]
     if missing:
         runner.change(["mkdir", "-p", *missing], "host dirs for %s" % component,
                       step=spec.name(component) + ": host dirs")
+    conf = found[host_dir(spec, component, "conf")]
+    old = conf.st_uid if conf is not None else None
+    if old is not None and owner and old != owner and old >= spec.host.subuid_base:
+        shown = self_argv() + ["host", "shift-ids", "--from", str(old), "--to", str(owner),
+                               *map(str, dirs)]
+        runner.local(shown, "%s's files move from ids %d+ to its own %d+" % (
+            component, old, owner), lambda: shift_ids(dirs, old, owner))
+        return
     # A dir owned by a host id below the container's range is invisible-as-root inside;
     # ids inside the range are the services' own (postgres, valkey): leave those alone.
     wrong = [str(d) for d, st in found.items()
@@ -1640,7 +1727,16 @@ def ensure_host_ca(runner, spec, name, inst):
     lxc_config_set(runner, name, LABEL + "host-ca", want, "remember which host CAs are in")
 
 
-def create_instance(runner, spec, component, inst, ports, image):
+def idmap_changes(inst, base):
+    """Whether the container must move to ids of its own (or others): stopped for it."""
+    config = inst.get("config") or {}
+    if base == 0:
+        return False
+    return config.get("security.idmap.isolated") != "true" or \
+        config.get("security.idmap.base") != str(base)
+
+
+def create_instance(runner, spec, component, inst, ports, image, base):
     """The container with its labels, mounts and proxy devices (the devices reserve the
     ports, so this runs under the host lock)."""
     name = spec.name(component)
@@ -1651,6 +1747,8 @@ def create_instance(runner, spec, component, inst, ports, image):
     # Delete protection: a stray `lxc delete` cannot take a tenant's container; botlxc
     # lifts it itself in down and destroy.
     wanted["security.protection.delete"] = "true"
+    if base:
+        wanted.update({"security.idmap.isolated": "true", "security.idmap.base": str(base)})
     if pinned:
         wanted[LABEL + "pinned"] = pinned
     if inst is None:
@@ -1664,9 +1762,6 @@ def create_instance(runner, spec, component, inst, ports, image):
     else:
         ensure_config(runner, name, inst, wanted)
         ensure_root_size(runner, name, inst, disk)
-        if nic_changes(spec, inst) and inst.get("status") != "Stopped":
-            lxc_stop(runner, name)  # a NIC moves to another network while stopped
-            inst = dict(inst, status="Stopped")
     ensure_devices(runner, spec, component, inst, ports)
     return inst
 
@@ -2156,15 +2251,24 @@ def prepare(runner, spec):
         mark_stack(runner, spec)
     if spec.services and "minio" in spec.artifacts:
         spec.artifacts = {"minio": fetch_artifact(runner, spec.host, *spec.artifacts["minio"])}
-    owners = {c: idmap_base(snapshot["mine"].get(c), spec) for c in spec.components}
+    owners = allocate_bases(spec, snapshot)
+    spec.network = ensure_network(runner, spec, world)
+    for comp in spec.components:
+        inst = snapshot["mine"].get(comp)
+        # A container that moves to other ids or another network is stopped for it first
+        # (its files are shifted while nothing runs).
+        if inst is not None and inst.get("status") != "Stopped" and (
+                nic_changes(spec, inst) or idmap_changes(inst, owners[comp])):
+            lxc_stop(runner, inst["name"])
+            snapshot["mine"][comp] = dict(inst, status="Stopped")
     # Host dirs first: mounts exist before any install writes to them.
     for comp in spec.components:
         ensure_host_dirs(runner, spec, comp, owners[comp])
     if spec.services:
         ensure_secrets(runner, spec, {**existing_ports(spec, snapshot), **ports}, self_argv())
-    spec.network = ensure_network(runner, spec, world)
     for comp in spec.components:
-        inst = create_instance(runner, spec, comp, snapshot["mine"].get(comp), ports, image)
+        inst = create_instance(runner, spec, comp, snapshot["mine"].get(comp), ports, image,
+                               owners[comp])
         if inst is not None:
             snapshot["mine"][comp] = inst
     return snapshot, ports
@@ -2899,6 +3003,21 @@ def cli(verbose):
 @cli.group("host")
 def cmd_host():
     """The LXD host itself."""
+
+
+@cmd_host.command("shift-ids", hidden=True)
+@click.option("--from", "old", type=click.IntRange(1), required=True)
+@click.option("--to", "new", type=click.IntRange(1), required=True)
+@click.argument("dirs", nargs=-1, required=True)
+def cmd_host_shift_ids(old, new, dirs):
+    """Move file owners from one container's id range to another's (runbooks call this for
+    what `up` does in-process); the dirs are a stack's data/conf/logs."""
+    paths = [Path(os.path.abspath(validate_path(d, "dir"))) for d in dirs]
+    for path in paths:
+        if path.name not in HOST_DIRS:
+            raise BadInput("%s is not a stack's data, conf or logs dir" % path)
+        check_host_path(path.parent)
+    shift_ids(paths, old, new)
 
 
 @cmd_host.command("setup")

@@ -252,9 +252,11 @@ def register_ready(calls, instances=(), image=True, listeners=None, ss=True):
 
 # ----------------------------------------------------------------------------- instances
 
+#: The ids of the tenant that is up (security.idmap.isolated, base OWNER); unit tests give
+#: all its containers the same base, which changes nothing they check.
 IDMAP = json.dumps([
-    {"Isuid": True, "Isgid": False, "Hostid": OWNER, "Nsid": 0, "Maprange": 1000000000},
-    {"Isuid": False, "Isgid": True, "Hostid": OWNER, "Nsid": 0, "Maprange": 1000000000}])
+    {"Isuid": True, "Isgid": False, "Hostid": OWNER, "Nsid": 0, "Maprange": 65536},
+    {"Isuid": False, "Isgid": True, "Hostid": OWNER, "Nsid": 0, "Maprange": 65536}])
 
 
 def network_state(address):
@@ -314,6 +316,7 @@ def tenant_instance(spec, component, ports=None, status="Running", installed=Tru
     ports = {**DEFAULT_PORTS, **CONSOLE_PORT, **(ports or {})}
     stack = str(spec.stack)
     config = {"security.privileged": "false", "security.protection.delete": "true",
+              "security.idmap.isolated": "true", "security.idmap.base": str(OWNER),
               "user.botlxc.tenant": spec.tenant,
               "user.botlxc.component": component, "user.botlxc.version": botlxc.VERSION,
               "user.botlxc.stack": stack}

@@ -274,3 +274,29 @@ def test_secrets_files_hold_only_shaped_values():
     text = "TABLES_PASSWORD=short\nCACHE_PASSWORD=%s\nEVIL=$(id)\n" % ("a" * 32)
     assert botlxc.parse_secrets(text, ("TABLES_PASSWORD", "CACHE_PASSWORD")) == {
         "CACHE_PASSWORD": "a" * 32}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to other ids needs root")
+def test_shifting_ids_moves_only_the_old_range_and_never_follows_a_link(tmp_path, canary):
+    old, new = 100000, 165536
+    data = tmp_path / "stack/tables/data"
+    (data / "pgdata").mkdir(parents=True)
+    (data / "pgdata/PG_VERSION").write_text("15\n")
+    (data / "link-out").symlink_to(canary)                 # planted: must not be followed
+    (data / "dir-link").symlink_to(canary.parent, target_is_directory=True)
+    for path, uid in ((data, old), (data / "pgdata", old + 102), (data / "pgdata/PG_VERSION",
+                                                                   old + 102)):
+        os.chown(path, uid, uid)
+    os.chown(data / "link-out", old + 5, old + 5, follow_symlinks=False)
+    botlxc.shift_ids([data], old, new)
+    assert os.stat(data).st_uid == new
+    assert os.stat(data / "pgdata").st_uid == new + 102
+    assert os.stat(data / "pgdata/PG_VERSION").st_gid == new + 102
+    assert os.lstat(data / "link-out").st_uid == new + 5   # the link itself
+    # the canary fixture checks the host file and its dir were not touched
+
+
+def test_shifting_refuses_a_top_dir_that_is_a_link(tmp_path, canary):
+    (tmp_path / "data").symlink_to(canary.parent, target_is_directory=True)
+    with pytest.raises(botlxc.BotlxcError, match="is a symbolic link"):
+        botlxc.shift_ids([tmp_path / "data"], 100000, 165536)

@@ -193,8 +193,10 @@ def test_up_gives_a_new_container_the_kept_limits(calls, tmp_path):
     runner = botlxc.Runner(dry_run=True)
     botlxc.up(runner, spec)
     (init,) = [a.argv for a in runner.actions if a.argv[:2] == ["lxc", "init"]]
-    assert init[-6:] == ["-c", "limits.memory=256MB", "-c", "security.protection.delete=true",
-                         "-d", "root,size=2GiB"]
+    assert init[-10:] == ["-c", "limits.memory=256MB", "-c", "security.protection.delete=true",
+                          "-c", "security.idmap.isolated=true",
+                          "-c", "security.idmap.base=%d" % (OWNER + 65536),
+                          "-d", "root,size=2GiB"]
 
 
 def test_a_limits_file_that_is_not_json_is_a_clear_error(tmp_path):

@@ -21,6 +21,17 @@ HEALTH_WAIT = ["sh", "-c",
                "[ $i -lt 45 ] || { echo \"$out\" >&2; exit 1; }; sleep 2; done; echo \"$out\""]
 #: Every tenant container is created with LXD's delete protection on.
 PROTECTED = ["-c", "security.protection.delete=true"]
+
+
+def base(nth, first=OWNER):
+    """Host id of the root of the nth container a run creates: ids of its own, the block
+    after LXD's shared map's first one, then the next free blocks."""
+    return first + 65536 * (nth + 1)
+
+
+def isolated(nth, first=OWNER):
+    return ["-c", "security.idmap.isolated=true",
+            "-c", "security.idmap.base=%d" % base(nth, first)]
 WAIT_INSTALL = ["flock", "-w", "900", "/run/botlxc-install.lock", "true"]
 
 
@@ -48,16 +59,18 @@ def test_new_tenant_containers_only(calls, tmp_path):
     S = str(tmp_path / "stack")
     register_ready(calls)
     marker(calls, S)
-    for component in ("tables", "drive", "cache"):
-        host_dirs(calls, S, component)
-    # Under the host lock: every container with the proxy devices that reserve its ports.
-    for component, port in (("tables", 5432), ("drive", 9000), ("cache", 6379)):
+    for nth, component in enumerate(("tables", "drive", "cache")):
+        host_dirs(calls, S, component, base(nth))
+    # Under the host lock: every container with ids of its own and the proxy devices that
+    # reserve its ports.
+    for nth, (component, port) in enumerate((("tables", 5432), ("drive", 9000),
+                                             ("cache", 6379))):
         name = "acme-" + component
         calls(["lxc", "init", "botlxc/debian-12", name, "-c", "security.privileged=false",
                "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=" + component,
                "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S]
               + (["-c", "user.botlxc.engine=rclone"] if component == "drive" else [])
-              + PROTECTED)
+              + PROTECTED + isolated(nth))
         for which in ("data", "conf", "logs"):
             calls(["lxc", "config", "device", "add", name, which, "disk",
                    "source=%s/%s/%s" % (S, component, which), "path=/opt/gbo/" + which])
@@ -107,18 +120,19 @@ def register_new_tenant(calls, spec, ca_file=None, dirs=True):
     """A real `up` of a new tenant with services, in world 'ready', registered in order."""
     S = str(spec.stack)
     register_ready(calls)
+    first = spec.host.subuid_base
     if dirs:
         marker(calls, S)
-        for component in spec.components:
-            host_dirs(calls, S, component, spec.host.subuid_base)
-    for component, port, engine in (("tables", 5432, []),
-                                    ("drive", 9000, ["-c", "user.botlxc.engine=rclone"]),
-                                    ("cache", 6379, [])):
+        for nth, component in enumerate(spec.components):
+            host_dirs(calls, S, component, base(nth, first))
+    for nth, (component, port, engine) in enumerate((
+            ("tables", 5432, []), ("drive", 9000, ["-c", "user.botlxc.engine=rclone"]),
+            ("cache", 6379, []))):
         name = "acme-" + component
         calls(["lxc", "init", "botlxc/debian-12", name, "-c", "security.privileged=false",
                "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=" + component,
                "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S] + engine
-              + PROTECTED)
+              + PROTECTED + isolated(nth, first))
         for which in ("data", "conf", "logs"):
             calls(["lxc", "config", "device", "add", name, which, "disk",
                    "source=%s/%s/%s" % (S, component, which), "path=/opt/gbo/" + which])
@@ -209,7 +223,7 @@ def test_minio_engine_pushes_the_checked_binary_before_the_install(calls, tmp_pa
     assert ports == {("drive", "s3"): 9000, ("drive", "console"): 9001}
     plan = argvs(runner)
     (init,) = [argv for argv in plan if argv[:2] == ["lxc", "init"]]
-    assert init[-4:] == ["-c", "user.botlxc.engine=minio", *PROTECTED]
+    assert init[-8:] == ["-c", "user.botlxc.engine=minio", *PROTECTED, *isolated(0)]
     assert ["lxc", "config", "device", "add", "acme-drive", "port-9001", "proxy",
             "listen=tcp:127.0.0.1:9001", "connect=tcp:127.0.0.1:9001"] in plan
     install = plan.index(["lxc", "exec", "acme-drive", "--", *INSTALL])
@@ -299,11 +313,11 @@ def test_degraded_boot_counts_and_a_missing_lease_names_the_step(calls, tmp_path
     spec = make_spec(tmp_path, components=("cache",), services=False)
     register_ready(calls)
     marker(calls, str(tmp_path / "stack"))
-    host_dirs(calls, str(tmp_path / "stack"), "cache")
+    host_dirs(calls, str(tmp_path / "stack"), "cache", base(0))
     calls(["lxc", "init", "botlxc/debian-12", "acme-cache", "-c", "security.privileged=false",
            "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=cache",
            "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=%s/stack" % tmp_path,
-           *PROTECTED])
+           *PROTECTED, *isolated(0)])
     for which in ("data", "conf", "logs"):
         calls(["lxc", "config", "device", "add", "acme-cache", which, "disk",
                "source=%s/stack/cache/%s" % (tmp_path, which), "path=/opt/gbo/" + which])
@@ -350,15 +364,27 @@ def test_privileged_instance_dirs_belong_to_root(calls, tmp_path):
          "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S, *PROTECTED]]
 
 
-def test_idmap_base_comes_from_the_instance_else_from_the_host():
-    spec = make_spec(botlxc.Path("/srv"), host=facts(subuid_base=165536))
-    assert botlxc.idmap_base(None, spec) == 165536
-    assert botlxc.idmap_base(instance("a", {}, {}), spec) == OWNER
-    assert botlxc.idmap_base(instance("a", {"security.privileged": "true"}, {}), spec) == 0
-    bare = instance("a", {}, {})
-    for key in ("volatile.idmap.current", "volatile.idmap.next", "volatile.last_state.idmap"):
-        del bare["config"][key]
-    assert botlxc.idmap_base(bare, spec) == 165536
+def test_each_container_gets_ids_of_its_own_that_no_other_holds(tmp_path):
+    spec = make_spec(tmp_path, host=facts(subuid_base=100000, subuid_size=10000001))
+    snapshot = {"all": [instance("other-x", {}, {})], "mine": {}}
+    # someone else's isolated container holds the second block
+    snapshot["all"][0]["config"]["volatile.idmap.current"] = botlxc.json.dumps(
+        [{"Isuid": True, "Hostid": 231072, "Nsid": 0, "Maprange": 65536}])
+    assert botlxc.allocate_bases(spec, snapshot) == {"tables": 165536, "drive": 296608,
+                                                     "cache": 362144}
+    mine = instance("acme-cache", {"security.idmap.isolated": "true",
+                                   "security.idmap.base": "427680"}, {})
+    snapshot["mine"]["cache"] = mine
+    assert botlxc.allocate_bases(spec, snapshot)["cache"] == 427680  # kept
+    privileged = instance("acme-cache", {"security.privileged": "true"}, {})
+    snapshot["mine"]["cache"] = privileged
+    assert botlxc.allocate_bases(spec, snapshot)["cache"] == 0
+
+
+def test_no_free_id_range_is_a_clear_error(tmp_path):
+    spec = make_spec(tmp_path, host=facts(subuid_base=100000, subuid_size=65536 * 2))
+    with pytest.raises(botlxc.BotlxcError, match="no free id range for acme-drive"):
+        botlxc.allocate_bases(spec, {"all": [], "mine": {}})
 
 
 # ----------------------------------------------------------------------------- ports
@@ -538,15 +564,16 @@ def register_new_tenant_containers(calls, spec):
     S = str(spec.stack)
     register_ready(calls)
     marker(calls, S)
-    for component in spec.components:
-        host_dirs(calls, S, component)
-    for component, port in (("tables", 5432), ("drive", 9000), ("cache", 6379)):
+    for nth, component in enumerate(spec.components):
+        host_dirs(calls, S, component, base(nth))
+    for nth, (component, port) in enumerate((("tables", 5432), ("drive", 9000),
+                                             ("cache", 6379))):
         name = "acme-" + component
         calls(["lxc", "init", "botlxc/debian-12", name, "-c", "security.privileged=false",
                "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=" + component,
                "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S]
               + (["-c", "user.botlxc.engine=rclone"] if component == "drive" else [])
-              + PROTECTED)
+              + PROTECTED + isolated(nth))
         for which in ("data", "conf", "logs"):
             calls(["lxc", "config", "device", "add", name, which, "disk",
                    "source=%s/%s/%s" % (S, component, which), "path=/opt/gbo/" + which])
