@@ -284,8 +284,8 @@ def test_shifting_ids_moves_only_the_old_range_and_never_follows_a_link(tmp_path
     (data / "pgdata/PG_VERSION").write_text("15\n")
     (data / "link-out").symlink_to(canary)                 # planted: must not be followed
     (data / "dir-link").symlink_to(canary.parent, target_is_directory=True)
-    for path, uid in ((data, old), (data / "pgdata", old + 102), (data / "pgdata/PG_VERSION",
-                                                                   old + 102)):
+    owners = ((data, old), (data / "pgdata", old + 102), (data / "pgdata/PG_VERSION", old + 102))
+    for path, uid in owners:
         os.chown(path, uid, uid)
     os.chown(data / "link-out", old + 5, old + 5, follow_symlinks=False)
     botlxc.shift_ids([data], old, new)

@@ -32,6 +32,8 @@ def base(nth, first=OWNER):
 def isolated(nth, first=OWNER):
     return ["-c", "security.idmap.isolated=true",
             "-c", "security.idmap.base=%d" % base(nth, first)]
+
+
 WAIT_INSTALL = ["flock", "-w", "900", "/run/botlxc-install.lock", "true"]
 
 
