@@ -1077,6 +1077,22 @@ def host_ca_files():
     return tuple(sorted(p for p in base.rglob("*.crt") if p.is_file())) if base.is_dir() else ()
 
 
+#: Kernel limits every container's systemd draws on: all of them count against the host
+#: root's inotify instances (128 by default: about 15 containers, then systemd-networkd and
+#: udev fail with "Too many open files" and containers get no address). LXD's production
+#: advice raises them; botlxc only ever raises them.
+SYSCTLS = {"fs.inotify.max_user_instances": 1024, "fs.inotify.max_user_watches": 1048576}
+SYSCTL_FILE = "/etc/sysctl.d/60-botlxc.conf"
+
+
+def read_sysctls():
+    found = {}
+    for key in SYSCTLS:
+        with contextlib.suppress(OSError, ValueError):
+            found[key] = int(Path("/proc/sys/" + key.replace(".", "/")).read_text())
+    return found
+
+
 @dataclasses.dataclass
 class HostFacts:
     """What botlxc reads off the host besides commands. read_host_facts() fills it once;
@@ -1097,6 +1113,8 @@ class HostFacts:
     mirrors: dict = dataclasses.field(default_factory=lambda: {"debian": None, "security": None})
     pip_index_url: str = ""
     ca_files: tuple = ()
+    #: current values of the SYSCTLS botlxc raises
+    sysctls: dict = dataclasses.field(default_factory=dict)
     #: root-only runtime dir (locks) and cache dir (image build, artifacts)
     run_dir: str = "/run/botlxc"
     cache_dir: str = "/var/cache/botlxc"
@@ -1110,7 +1128,8 @@ def read_host_facts():
         systemd=Path("/run/systemd/system").is_dir(), btrfs=btrfs_usable(),
         subuid_base=subid_base(), subuid_size=subid_size(),
         subids=None not in (root_subid("/etc/subuid"), root_subid("/etc/subgid")),
-        mirrors=read_apt_mirrors(), pip_index_url=pip_index_url(), ca_files=host_ca_files())
+        mirrors=read_apt_mirrors(), pip_index_url=pip_index_url(), ca_files=host_ca_files(),
+        sysctls=read_sysctls())
 
 
 def observe_host(runner, facts):
@@ -1216,7 +1235,20 @@ def ensure_host(runner, facts):
         # run nothing started, so this finds it down again and the plan goes on.)
         world = observe_host(runner, facts)
     ensure_lxd_initialised(runner, world, facts)
+    ensure_sysctls(runner, facts)
     return world
+
+
+def ensure_sysctls(runner, facts):
+    low = {k: v for k, v in SYSCTLS.items() if facts.sysctls.get(k, v) < v}
+    if not low or not facts.root:
+        return
+    text = "# botlxc: limits for many LXD containers (systemd in each uses inotify)\n" + \
+        "".join("%s = %d\n" % item for item in sorted(SYSCTLS.items()))
+    runner.change(["install", "-m", "0644", "/dev/stdin", SYSCTL_FILE],
+                  "kernel limits for many containers, kept across reboots", input=text,
+                  step="host limits")
+    runner.change(["sysctl", "-q", "-p", SYSCTL_FILE], "apply them now", step="host limits")
 
 
 def build_image_actions(runner, facts):
@@ -1707,8 +1739,8 @@ def wait_ready(runner, name):
              why="wait until systemd in %s has booted" % name, ok_codes=(0, 1),
              step=name + ": boot")  # 1 = "degraded": booted, some unit failed
     lxc_exec(runner, name, NETWORK_WAIT, why="wait for %s's DHCP lease (default route)" % name,
-             step=name + ": network (no lease in 90 s: check `lxc network info %s` and the "
-             "host firewall)" % BRIDGE)
+             step=name + ": network (no lease in 90 s: see `botlxc doctor`, and `lxc exec %s "
+             "-- journalctl -u systemd-networkd`)" % name)
 
 
 def ensure_host_ca(runner, spec, name, inst):

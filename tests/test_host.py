@@ -413,3 +413,18 @@ def test_a_third_party_bookworm_repository_is_not_taken_for_the_debian_mirror(tm
         "Types: deb\nURIs: http://deb.example.net/debian\nSuites: bookworm\nComponents: main\n")
     assert botlxc.read_apt_mirrors(tmp_path) == {
         "debian": "http://deb.example.net/debian", "security": None}
+
+
+def test_low_inotify_limits_are_raised_and_kept(calls):
+    """~15 containers exhaust 128 inotify instances: networkd fails, no DHCP lease."""
+    runner = botlxc.Runner(dry_run=True)
+    botlxc.ensure_sysctls(runner, facts(sysctls={"fs.inotify.max_user_instances": 128,
+                                                 "fs.inotify.max_user_watches": 2000000}))
+    assert [a.argv for a in runner.actions] == [
+        ["install", "-m", "0644", "/dev/stdin", "/etc/sysctl.d/60-botlxc.conf"],
+        ["sysctl", "-q", "-p", "/etc/sysctl.d/60-botlxc.conf"]]
+    assert "fs.inotify.max_user_instances = 1024\n" in runner.actions[0].input
+    high = botlxc.Runner(dry_run=True)
+    botlxc.ensure_sysctls(high, facts(sysctls={"fs.inotify.max_user_instances": 8192,
+                                               "fs.inotify.max_user_watches": 2000000}))
+    assert high.actions == []  # never lowered
