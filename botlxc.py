@@ -2912,6 +2912,238 @@ def clone_tenant(op, to, stack_dir):
                                                 for (c, p), hp in sorted(ports.items()))))
 
 
+def human(size):
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return "%.0f%s" % (size, unit) if unit == "B" else "%.1f%s" % (size, unit)
+        size /= 1024.0
+
+
+# ---- doctor: one check per trouble of the chapter's Troubleshooting and of LXD users'
+
+
+@dataclasses.dataclass
+class Check:
+    """One doctor finding: ok / warn / fail, what was seen, and the exact way out."""
+
+    name: str
+    status: str
+    evidence: str
+    fix: str = ""
+    #: the safe fix `doctor --fix` applies (a callable taking the Runner), if any
+    repair: object = None
+
+
+def _ok(name, evidence):
+    return Check(name, "ok", evidence)
+
+
+def host_checks(runner, facts):
+    """LXD itself: installed, answering, ours to use, initialised; the host's limits."""
+    checks = []
+    if not facts.lxc or not facts.lxd:
+        return [Check("lxd-installed", "fail", "no lxc/lxd on this host",
+                      "botlxc host setup (installs LXD from the distribution's packages)",
+                      lambda r: ensure_host(r, facts))], None
+    checks.append(_ok("lxd-installed", "%s, %s" % (facts.lxc, facts.lxd)))
+    proc = runner.read(["lxc", "query", "/1.0"], check=False, step="ask LXD")
+    if proc.returncode != 0:
+        text = (proc.stderr or "").strip().splitlines()[-1:] or ["no answer"]
+        if "permission denied" in text[0].lower():
+            checks.append(Check("lxd-permission", "fail", text[0],
+                                "run botlxc as root (sudo), or add your user to the lxd group "
+                                "(usermod -aG lxd USER) and log in again"))
+        else:
+            world = {"lxc": facts.lxc, "lxd": facts.lxd, "daemon": False}
+            checks.append(Check("lxd-running", "fail", text[0],
+                                "start it: botlxc host setup (or systemctl start lxd)",
+                                lambda r: ensure_lxd_running(r, world, facts)))
+        return checks, None
+    checks.append(_ok("lxd-running", "LXD answers"))
+    world = observe_host(runner, facts)
+    if not lxd_initialised(world):
+        checks.append(Check("lxd-initialised", "fail", "no storage pool and no root disk in "
+                            "the default profile", "botlxc host setup",
+                            lambda r: ensure_host(r, facts)))
+    else:
+        checks.append(_ok("lxd-initialised", "pools: " + ", ".join(
+            p["name"] for p in world["pools"])))
+    checks.append(_ok("subids", "root has subordinate ids from %d" % facts.subuid_base)
+                  if facts.subids else
+                  Check("subids", "fail", "root has no range in /etc/subuid and /etc/subgid: "
+                        "unprivileged containers cannot start (newuidmap refuses)",
+                        "botlxc host setup", lambda r: ensure_subids(r, world, facts)))
+    low = {k: v for k, v in SYSCTLS.items() if facts.sysctls.get(k, v) < v}
+    checks.append(Check("host-limits", "warn", ", ".join(
+        "%s = %d (want %d)" % (k, facts.sysctls[k], v) for k, v in low.items()) +
+        ": containers beyond about 15 lose DHCP (systemd: Too many open files)",
+        "botlxc host setup", lambda r: ensure_sysctls(r, facts)) if low else
+        _ok("host-limits", "inotify limits fit many containers"))
+    for pool in world["pools"]:
+        res = lxc_query(runner, "/1.0/storage-pools/%s/resources" % pool["name"], check=False)
+        space = (res or {}).get("space") or {}
+        total, used = space.get("total") or 0, space.get("used") or 0
+        if total and total - used < max(total // 10, 1 << 30):
+            checks.append(Check("storage-" + pool["name"], "warn", "%s of %s free"
+                                % (human(total - used), human(total)),
+                                "free space in the pool (botlxc snapshot delete, lxc image "
+                                "delete) or grow it (lxc storage set %s size=...)"
+                                % pool["name"]))
+        elif total:
+            checks.append(_ok("storage-" + pool["name"], "%s of %s free"
+                              % (human(total - used), human(total))))
+    image = lxc_image_alias(runner, LOCAL_IMAGE)
+    checks.append(_ok("image", "%s is there" % LOCAL_IMAGE) if image else
+                  Check("image", "warn", "no %s image yet: the first up builds it (about a "
+                        "minute)" % LOCAL_IMAGE, "botlxc host setup"))
+    return checks, world
+
+
+def tenant_checks(op, world):
+    """The tenant's stack, containers, network, ports and services."""
+    runner, checks = op.runner, []
+    mine = op.snapshot["mine"]
+    if not mine:
+        return [Check("tenant", "warn", "tenant %s has no containers" % op.tenant,
+                      "botlxc up --tenant %s" % op.tenant)]
+    try:
+        stack = tenant_stack(op)
+        owner = (read_file(stack / STATE_DIR / "tenant", 256) or "").strip()
+        if owner != op.tenant:
+            raise BadInput("%s/tenant names %r" % (stack / STATE_DIR, owner or "nobody"))
+        checks.append(_ok("stack", "%s is root's, with no links, and marked as %s's"
+                          % (stack, op.tenant)))
+    except BotlxcError as exc:
+        checks.append(Check("stack", "fail", str(exc), "fix the path as the message says, "
+                            "then botlxc up --tenant %s" % op.tenant))
+    listeners = host_listeners(runner)
+    for row in port_rows(op):
+        holder = listeners.get(row["host_port"], "")
+        comp_port = "%s.%s" % (row["component"], row["name"])
+        inst = mine[row["component"]]
+        if holder and inst.get("status") != "Running":  # (running: its own proxy holds it)
+            checks.append(Check("port-" + comp_port, "fail", "%d is held by %s"
+                                % (row["host_port"], holder),
+                                "free it, or move the service: botlxc ports set %s=PORT -t %s"
+                                % (comp_port, op.tenant)))
+        else:
+            checks.append(_ok("port-" + comp_port, "%s:%d" % (row["listen"], row["host_port"])))
+    checks += isolation_checks(op, world)
+    for comp, inst in chosen(op):
+        checks += container_checks(op, comp, inst)
+    return checks
+
+
+def isolation_checks(op, world):
+    nets = {((i.get("expanded_devices") or i.get("devices") or {}).get("eth0") or {}).get(
+        "network") for i in op.snapshot["mine"].values()}
+    own = tenant_network(op.tenant)
+    first = chosen(op)[0][1]
+
+    def reisolate(runner):
+        converge(Op(op.tenant, runner, op.host, op.wait, op.snapshot),
+                 same_as(op, first, isolated=True))
+
+    if nets != {own}:
+        return [Check("isolation", "warn", "containers on %s, shared with other tenants"
+                      % ", ".join(sorted(n or "?" for n in nets)),
+                      "botlxc up --tenant %s (moves them to a network of their own)"
+                      % op.tenant, reisolate)]
+    network = {n["name"]: n for n in world["networks"]}.get(own) or {}
+    acls = {a["name"] for a in lxc_query(op.runner, "/1.0/network-acls?recursion=1") or []}
+    if (network.get("config") or {}).get("security.acls") != tenant_acl(op.tenant) or \
+            tenant_acl(op.tenant) not in acls:
+        return [Check("isolation", "fail", "network %s has no ACL %s: other tenants can "
+                      "reach these containers" % (own, tenant_acl(op.tenant)),
+                      "botlxc up --tenant %s" % op.tenant, reisolate)]
+    return [_ok("isolation", "network %s, ACL %s" % (own, tenant_acl(op.tenant)))]
+
+
+def container_checks(op, comp, inst):
+    runner, name = op.runner, inst["name"]
+    if inst.get("status") != "Running":
+        log = runner.read(["lxc", "info", name, "--show-log"], check=False, step=name)
+        lines = [line.split(" - ", 1)[-1] for line in log.stdout.splitlines()
+                 if " ERROR " in line][-3:]
+        return [Check(name, "fail", "%s%s" % (inst.get("status", "?").upper(), (
+            ": " + " | ".join(lines)) if lines else ""),
+            "botlxc start --tenant %s -c %s" % (op.tenant, comp),
+            lambda r: start_components(r, [(comp, inst)]))]
+    checks = []
+    nets = (inst.get("state") or {}).get("network") or {}
+    addresses = [a["address"] for nic, net in nets.items() if nic != "lo"
+                 for a in net.get("addresses") or [] if a.get("family") == "inet"]
+    if not addresses:
+        checks.append(Check(name + "-address", "fail", "no IPv4 address (no DHCP lease)",
+                            "see lxc exec %s -- journalctl -u systemd-networkd; then botlxc "
+                            "restart --tenant %s -c %s" % (name, op.tenant, comp),
+                            lambda r: (stop_components(r, [(comp, inst)]),
+                                       start_components(r, [(comp, dict(inst,
+                                                                        status="Stopped"))]))))
+        return checks
+    checks.append(_ok(name + "-address", ", ".join(addresses)))
+    mirror = re.sub(r"^[a-z]+://([^/@]*@)?([^/:]+).*$", r"\2", op.host.mirrors.get("debian")
+                    or "")
+    if mirror:
+        dns = lxc_exec(runner, name, ["getent", "hosts", mirror], step=name + ": DNS")
+        if dns.returncode != 0:
+            checks.append(Check(name + "-dns", "fail", "%s does not resolve inside" % mirror,
+                                "check the bridge's DNS (lxc network info %s) and the host's "
+                                "resolver" % tenant_network(op.tenant)))
+        else:
+            route = lxc_exec(runner, name, ["timeout", "10", "perl", "-MIO::Socket::INET", "-e",
+                                            "IO::Socket::INET->new(PeerAddr => $ARGV[0], "
+                                            "Timeout => 8) or exit 1", mirror + ":80"],
+                             step=name + ": mirror")
+            checks.append(_ok(name + "-mirror", "%s reachable on port 80" % mirror)
+                          if route.returncode == 0 else
+                          Check(name + "-mirror", "fail", "no connection to %s:80 from "
+                                "inside" % mirror, "check NAT on the tenant's bridge "
+                                "(ipv4.nat) and the host's firewall and route"))
+    if op.host.ca_files:
+        inside = lxc_exec(runner, name, ["ls", "/usr/local/share/ca-certificates"],
+                          step=name + ": CA")
+        missing = [p.name for p in op.host.ca_files if p.name not in inside.stdout.split()]
+        if missing:
+            checks.append(Check(name + "-https", "warn", "the host's CA %s is not inside: "
+                                "HTTPS through the host's proxy fails" % ", ".join(missing),
+                                "botlxc up --tenant %s -c %s" % (op.tenant, comp)))
+    if installed(inst):
+        ok, message = health(runner, name)
+        if ok:
+            checks.append(_ok(name + "-service", message))
+        else:
+            journal = lxc_exec(runner, name, ["journalctl", "-u", comp, "-n", "5", "--no-pager",
+                                              "-q"], step=name + ": journal")
+            tail = " | ".join(journal.stdout.strip().splitlines()[-3:])
+            checks.append(Check(name + "-service", "fail", message + (
+                " -- journal: " + tail if tail else ""),
+                "botlxc restart --tenant %s -c %s, else botlxc up --tenant %s -c %s"
+                % (op.tenant, comp, op.tenant, comp),
+                lambda r: repair_service(op, r, comp, inst)))
+    return checks
+
+
+def repair_service(op, runner, comp, inst):
+    """Restart the unit; if the service still does not answer, converge the component."""
+    name = inst["name"]
+    lxc_exec(runner, name, ["systemctl", "restart", comp + ".service"],
+             why="restart %s's service" % comp, ok_codes=(0, 1), step=name + ": restart")
+    try:
+        wait_healthy(runner, name, comp, "after a restart")
+    except BotlxcError:
+        converge(Op(op.tenant, runner, op.host, op.wait, op.snapshot),
+                 same_as(op, inst, components=(comp,), services=True))
+
+
+def doctor(op):
+    """All checks: the host's, then (when LXD answers) the tenant's."""
+    checks, world = host_checks(op.runner, op.host)
+    if world is not None:
+        checks += tenant_checks(op, world)
+    return checks
+
+
 # --------------------------------------------------------------------------- 14. CLI
 
 
@@ -3477,13 +3709,6 @@ def cmd_usage(op, as_json):
             row["processes"], human(sum(v or 0 for v in row["host_dirs_bytes"].values()))))
 
 
-def human(size):
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return "%.0f%s" % (size, unit) if unit == "B" else "%.1f%s" % (size, unit)
-        size /= 1024.0
-
-
 @tenant_command("update", check=check_components)
 @components_option
 def cmd_update(op, components):
@@ -3516,6 +3741,51 @@ def cmd_info(op, component, as_json):
         click.echo("  %s (%s, %s, host %s): %s" % (
             nic, net["state"], net["hwaddr"], net["host_name"] or "-",
             " ".join(net["addresses"]) or "-"))
+
+
+DOCTOR_MARK = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}
+
+
+@tenant_command("doctor", changes=False, check=lambda fix, as_json: dict(fix=fix,
+                                                                         as_json=as_json))
+@click.option("--fix", is_flag=True, help="Apply the safe fixes (start LXD, start or restart "
+                                          "a container or service, re-run up for one), then "
+                                          "check again.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+def cmd_doctor(op, fix, as_json):
+    """Check the host, LXD and the tenant for every known trouble: ok / warn / fail, what was
+    seen, and the exact fix. Exits 0 when nothing fails."""
+    checks = doctor(op)
+    tried = set()
+    # One fix at a time, then everything checked again: a fix often cures more than its own
+    # finding (LXD started, a container moved), and the next one must see that.
+    while fix:
+        found = next((c for c in checks if c.status != "ok" and c.repair
+                      and c.name not in tried), None)
+        if found is None:
+            break
+        check_can_change(op.host, False, "doctor --fix")
+        tried.add(found.name)
+        say("fixing %s: %s" % (found.name, found.fix))
+        with locks(op.host, False, op.wait, "tenant-" + op.tenant)[0]:
+            try:
+                found.repair(Runner())
+            except BotlxcError as exc:
+                say("  could not: %s" % exc)
+        op = Op(op.tenant, Runner(), read_host_facts(), op.wait)
+        checks = doctor(op)
+    if as_json:
+        echo_json([{k: v for k, v in dataclasses.asdict(c).items() if k != "repair"}
+                   for c in checks])
+    else:
+        for found in checks:
+            click.echo("%s  %-24s %s" % (DOCTOR_MARK[found.status], found.name, found.evidence))
+            if found.status != "ok" and found.fix:
+                click.echo("      fix: %s" % found.fix)
+    failed = [c.name for c in checks if c.status == "fail"]
+    if failed:
+        raise BotlxcError("doctor: %d check%s failed: %s" % (
+            len(failed), "" if len(failed) == 1 else "s", ", ".join(failed)))
 
 
 def on_interrupt(signum, frame):
