@@ -3,8 +3,9 @@
 
 Times (median of N runs, wall clock) for: a dry-run plan of a new tenant, `status`, a
 converged `up` (the zero-change path), and one fresh containers-only tenant up and down.
-With --services it also times a full tenant up (PostgreSQL, rclone S3, Valkey) once.
-Creates only uniquely named bench tenants and removes them at the end.
+With --services it also times a full tenant up (PostgreSQL, rclone S3, Valkey) once, then
+the day-2 operations on it: snapshot create and restore, doctor, and a clone.
+Creates only uniquely named bench tenants and destroys them (data included) at the end.
 """
 import argparse
 import secrets
@@ -57,9 +58,19 @@ def main():
                     lambda: botlxc("up", *common), args.runs)))
                 results.append(("status with health", median(
                     lambda: botlxc("status", "--tenant", tenant), args.runs)))
+                results.append(("snapshot create (3 containers + data)",
+                                botlxc("snapshot", "create", "b1", "--tenant", tenant)))
+                results.append(("snapshot restore", botlxc("snapshot", "restore", "b1",
+                                                           "--tenant", tenant)))
+                results.append(("doctor", median(
+                    lambda: botlxc("doctor", "--tenant", tenant), args.runs)))
+                results.append(("clone --to a new tenant", botlxc(
+                    "clone", "--to", tenant + "c", "--tenant", tenant,
+                    "--stack-dir", str(Path(tmp) / "clone"))))
         finally:
-            subprocess.run([sys.executable, str(ROOT / "botlxc.py"), "down", "--tenant", tenant],
-                           capture_output=True)
+            for name in (tenant, tenant + "c"):
+                subprocess.run([sys.executable, str(ROOT / "botlxc.py"), "destroy", "--tenant",
+                                name, "--purge-data", "--yes"], capture_output=True)
     width = max(len(name) for name, _ in results)
     print("%-*s  %s" % (width, "operation", "seconds"))
     for name, seconds in results:
