@@ -3496,7 +3496,7 @@ def cmd_start(op, components):
 @tenant_command("stop", check=check_components)
 @components_option
 def cmd_stop(op, components):
-    """Stop the services, then their containers (forced only after %d s).""" % STOP_TIMEOUT
+    """Stop the services first, then their containers (forced only if they hang)."""
     pairs = [(c, i) for c, i in chosen(op, components) if i.get("status") != "Stopped"]
     stop_components(op.runner, pairs)
     say("stopped: %s" % (", ".join(i["name"] for _, i in pairs) or "all were stopped"))
