@@ -1647,6 +1647,12 @@ def ensure_host_dirs(runner, spec, component, owner):
     dirs = [host_dir(spec, component, d) for d in HOST_DIRS]
     found = {d: lstat_or_none(d) for d in dirs}
     missing = [str(d) for d, st in found.items() if st is None]
+    staged = host_dir(spec, component) / ".restoring"
+    if missing and lstat_or_none(staged) is not None:
+        # Never an empty data dir (and a fresh initdb) over a restore cut short.
+        raise BotlxcError("%s is missing but a restore was cut short: its data is in %s and "
+                          "beside the snapshot; run the restore again (botlxc snapshot "
+                          "restore NAME)" % (missing[0], staged))
     if missing:
         runner.change(["mkdir", "-p", *missing], "host dirs for %s" % component,
                       step=spec.name(component) + ": host dirs")
@@ -2503,11 +2509,12 @@ def data_snapshots(stack):
 def take_snapshot(runner, stack, pairs, name):
     """Tenant-consistent: every running container frozen together, LXD snapshots of their
     root filesystems and copies of their host dirs taken, then all resumed."""
-    frozen = [inst["name"] for _, inst in pairs if inst.get("status") == "Running"]
-    taken = []
-    for inst_name in frozen:
-        lxc_pause(runner, inst_name)
+    paused, taken = [], []
     try:
+        for _, inst in pairs:
+            if inst.get("status") == "Running":
+                paused.append(inst["name"])  # before the pause: a failed one is resumed too
+                lxc_pause(runner, inst["name"])
         for _, inst in pairs:
             lxc_snapshot(runner, inst["name"], name)
             taken.append(inst["name"])
@@ -2528,11 +2535,26 @@ def take_snapshot(runner, stack, pairs, name):
                           "remove the incomplete snapshot", ok_codes=(0, 1), always=True)
         runner.change(["rm", "-rf", "--one-file-system", str(snapshot_dir(stack, name))],
                       "remove the incomplete copy", always=True)
+        try:
+            resume_all(runner, paused)
+        except BotlxcError as exc:  # said, then the error that stopped the snapshot
+            say("botlxc: %s" % exc)
         raise
-    finally:
-        for inst_name in frozen:
-            runner.change(["lxc", "start", inst_name], "resume " + inst_name,
-                          step=inst_name + ": resume", always=True)
+    resume_all(runner, paused)
+
+
+def resume_all(runner, names):
+    """Resume every paused container, whatever fails: a frozen PostgreSQL just hangs."""
+    failed = []
+    for name in names:
+        try:
+            runner.change(["lxc", "start", name], "resume " + name, step=name + ": resume",
+                          always=True)
+        except BotlxcError as exc:
+            failed.append(str(exc))
+    if failed:
+        raise BotlxcError("could not resume: %s (lxc start NAME resumes one)"
+                          % "; ".join(failed))
 
 
 def create_snapshot(op, name, components, keep=None):
@@ -2566,52 +2588,80 @@ def list_snapshots(op, components=()):
     return dict(sorted(rows.items()))
 
 
+#: Where a restore copies a component's dirs before swapping them in (beside the live ones).
+RESTORING = ".restoring"
+
+
 def restore_snapshot(runner, stack, pairs, name, known=False):
-    """Both parts back: the containers stopped, their root filesystems restored, the host
-    dirs set aside (kept as snapshot before-restore-...) and copied back, then started and
-    waited for until healthy. known: this run took the snapshot itself."""
+    """Both parts back: the containers stopped, the snapshot's host dirs copied beside the
+    live ones, then the root filesystems restored and the dirs swapped in by renames (the
+    live ones kept as snapshot before-restore-...), then started and waited for until
+    healthy. A copy that fails (a full disk) changes no live data, and the components are
+    started again whatever happened. known: this run took the snapshot itself."""
     missing = [inst["name"] for comp, inst in pairs if name not in lxd_snapshots(inst)
                or comp not in data_snapshots(stack).get(name, ())]
     if missing and not known:
         raise BadInput("snapshot %s has no copy of %s (botlxc snapshot list)"
                        % (name, ", ".join(missing)))
+    step = "restore " + name
     stop_components(runner, pairs)
     aside = snapshot_dir(stack, "before-restore-" + stamp())
-    runner.change(["install", "-d", "-m", "0700", str(aside)],
-                  "the data as it was before the restore stays here", step="restore " + name)
-    for comp, inst in pairs:
-        lxc_restore(runner, inst["name"], name)
-        runner.change(["install", "-d", "-m", "0700", str(aside / comp)],
-                      "room for %s's data as it was" % comp, step="restore " + name)
-        runner.change(["mv", *[str(stack / comp / which) for which in HOST_DIRS],
-                       str(aside / comp)], "set %s's data aside" % comp, step="restore " + name)
-        runner.change(["cp", "-a", "--reflink=auto",
-                       *[str(snapshot_dir(stack, name) / comp / which) for which in HOST_DIRS],
-                       str(stack / comp)], "%s's data as it was at %s" % (comp, name),
-                      step="restore " + name)
-    start_components(runner, pairs)
+    try:
+        for comp, _ in pairs:
+            staging = stack / comp / RESTORING
+            runner.change(["rm", "-rf", "--one-file-system", str(staging)],
+                          "no leftover of an earlier restore", step=step)
+            runner.change(["install", "-d", "-m", "0700", str(staging)],
+                          "%s's data comes here first" % comp, step=step)
+            runner.change(["cp", "-a", "--reflink=auto", *[
+                str(snapshot_dir(stack, name) / comp / which) for which in HOST_DIRS],
+                str(staging)], "%s's data as it was at %s" % (comp, name), step=step)
+        runner.change(["install", "-d", "-m", "0700", str(aside),
+                       *[str(aside / comp) for comp, _ in pairs]],
+                      "the data as it was before the restore stays here", step=step)
+        for comp, inst in pairs:
+            lxc_restore(runner, inst["name"], name)
+            runner.change(["mv", *[str(stack / comp / which) for which in HOST_DIRS],
+                           str(aside / comp)], "set %s's data aside" % comp, step=step)
+            runner.change(["mv", *[str(stack / comp / RESTORING / which)
+                                   for which in HOST_DIRS], str(stack / comp)],
+                          "%s's restored data in place" % comp, step=step)
+            runner.change(["rmdir", str(stack / comp / RESTORING)], "nothing left to move",
+                          step=step)
+    finally:
+        start_components(runner, pairs)
     return aside
 
 
 def delete_snapshot(op, name, components=()):
     stack, pairs = tenant_stack(op), chosen(op, components)
     holders = [inst["name"] for _, inst in pairs if name in lxd_snapshots(inst)]
-    data = name in data_snapshots(stack)
-    if not holders and not data:
+    copies = [c for c in data_snapshots(stack).get(name, ()) if not components
+              or c in components]
+    if not holders and not copies and not (name in data_snapshots(stack) and not components):
         raise BadInput("tenant %s has no snapshot %s (botlxc snapshot list)" % (op.tenant, name))
-    drop_snapshot(op.runner, stack, holders, name, data)
+    drop_snapshot(op.runner, stack, holders, name,
+                  None if not components else copies)
 
 
-def drop_snapshot(runner, stack, holders, name, data=True):
+def drop_snapshot(runner, stack, holders, name, components=None):
+    """The LXD snapshots of holders and the host-dir copies: all of them (components None),
+    or only these components' (the snapshot's dir goes once it is empty)."""
     for inst_name in holders:
         runner.change(["lxc", "delete", "%s/%s" % (inst_name, name)],
                       "delete LXD snapshot %s/%s" % (inst_name, name),
                       step=inst_name + ": delete snapshot")
-    if data:
-        # rm never follows the links a container may have left in its copied dirs
-        runner.change(["rm", "-rf", "--one-file-system", str(snapshot_dir(stack, name))],
+    # rm never follows the links a container may have left in its copied dirs
+    where = snapshot_dir(stack, name)
+    targets = [where] if components is None else [where / c for c in components]
+    if targets:
+        runner.change(["rm", "-rf", "--one-file-system", *map(str, targets)],
                       "delete the host-dir copy of snapshot %s" % name,
                       step="delete snapshot " + name)
+    if components is not None:
+        runner.change(["rmdir", "--ignore-fail-on-non-empty", str(where)],
+                      "and the snapshot's dir once no component is left in it",
+                      ok_codes=(0, 1), step="delete snapshot " + name)
 
 
 #: --every -> (cron time, systemd OnCalendar)

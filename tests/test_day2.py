@@ -272,16 +272,21 @@ def test_restore_stops_restores_both_parts_keeps_the_old_data_and_waits(calls, t
     aside = botlxc.restore_snapshot(op.runner, botlxc.tenant_stack(op), botlxc.chosen(op),
                                     "s1")
     assert aside.name.startswith("before-restore-")
+    staging = S + "/tables/.restoring"
     assert [a.argv for a in op.runner.actions] == [
         ["lxc", "exec", "acme-tables", "--", "systemctl", "stop", "tables.service"],
         ["lxc", "stop", "acme-tables", "--timeout", "120"],
-        ["install", "-d", "-m", "0700", str(aside)],
-        ["lxc", "restore", "acme-tables", "s1"],
-        ["install", "-d", "-m", "0700", str(aside / "tables")],
-        ["mv", S + "/tables/data", S + "/tables/conf", S + "/tables/logs", str(aside / "tables")],
+        # the copy first, beside the live data: a failure here changes nothing live
+        ["rm", "-rf", "--one-file-system", staging],
+        ["install", "-d", "-m", "0700", staging],
         ["cp", "-a", "--reflink=auto", S + "/.botlxc/snapshots/s1/tables/data",
          S + "/.botlxc/snapshots/s1/tables/conf", S + "/.botlxc/snapshots/s1/tables/logs",
-         S + "/tables"],
+         staging],
+        ["install", "-d", "-m", "0700", str(aside), str(aside / "tables")],
+        ["lxc", "restore", "acme-tables", "s1"],
+        ["mv", S + "/tables/data", S + "/tables/conf", S + "/tables/logs", str(aside / "tables")],
+        ["mv", staging + "/data", staging + "/conf", staging + "/logs", S + "/tables"],
+        ["rmdir", staging],
         ["lxc", "start", "acme-tables"],
         ["lxc", "exec", "acme-tables", "--", "systemctl", "is-system-running", "--wait"],
         ["lxc", "exec", "acme-tables", "--", *botlxc.NETWORK_WAIT],
@@ -383,10 +388,13 @@ def test_an_update_that_fails_health_is_rolled_back_and_exits_1(calls, tmp_path)
                 returncode=1, stderr="Job for cache.service failed\n")
     fp.register(["lxc", "exec", "acme-cache", "--", "systemctl", "stop", "cache.service"])
     fp.register(["lxc", "stop", "acme-cache", "--timeout", "120"])
+    fp.register(["rm", "-rf", "--one-file-system", S + "/cache/.restoring"])
     fp.register(["install", "-d", "-m", "0700", fp.any()], occurrences=2)
+    fp.register(["cp", "-a", "--reflink=auto", fp.any()])
     fp.register(["lxc", "restore", "acme-cache", fp.any(min=1, max=1)])
     fp.register(["mv", S + "/cache/data", S + "/cache/conf", S + "/cache/logs", fp.any()])
-    fp.register(["cp", "-a", "--reflink=auto", fp.any()])
+    fp.register(["mv", fp.any()])
+    fp.register(["rmdir", S + "/cache/.restoring"])
     fp.register(["lxc", "exec", "acme-cache", "--", "systemctl", "is-system-running", "--wait"])
     fp.register(["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT])
     fp.register(["lxc", "exec", "acme-cache", "--", *botlxc.HEALTH_WAIT], stdout="cache: ok\n")
@@ -532,3 +540,63 @@ def test_unlimited_lifts_a_limit_live_and_from_the_kept_ones(calls, tmp_path):
     botlxc.set_limits(op, "cache", None, "unlimited", "unlimited")
     assert calls.made() == calls.expected
     assert json.loads(op.runner.actions[-1].input) == {"cache": {"limits.cpu": "1"}}
+
+
+def test_a_restore_whose_copy_fails_changes_no_live_data_and_starts_again(calls, tmp_path):
+    spec = make_spec(tmp_path, components=("tables",))
+    world = up_world(spec)
+    with_snapshot(world, tmp_path / "stack", "s1", ("tables",))
+    op = op_for(calls, world)
+    S = str(tmp_path / "stack")
+    staging = S + "/tables/.restoring"
+    calls(["lxc", "exec", "acme-tables", "--", "systemctl", "stop", "tables.service"])
+    calls(["lxc", "stop", "acme-tables", "--timeout", "120"])
+    calls(["rm", "-rf", "--one-file-system", staging])
+    calls(["install", "-d", "-m", "0700", staging])
+    calls(["cp", "-a", "--reflink=auto", S + "/.botlxc/snapshots/s1/tables/data",
+           S + "/.botlxc/snapshots/s1/tables/conf", S + "/.botlxc/snapshots/s1/tables/logs",
+           staging], returncode=1, stderr="cp: error writing: No space left on device\n")
+    calls(["lxc", "start", "acme-tables"])
+    calls(["lxc", "exec", "acme-tables", "--", "systemctl", "is-system-running", "--wait"])
+    calls(["lxc", "exec", "acme-tables", "--", *botlxc.NETWORK_WAIT])
+    calls(["lxc", "exec", "acme-tables", "--", *botlxc.HEALTH_WAIT], stdout="tables: ok\n")
+    with pytest.raises(botlxc.CommandFailed, match="No space left"):
+        botlxc.restore_snapshot(op.runner, botlxc.tenant_stack(op), botlxc.chosen(op), "s1")
+    assert calls.made() == calls.expected  # no mv of the live dirs, and started again
+
+
+def test_up_never_makes_an_empty_data_dir_over_a_restore_cut_short(calls, tmp_path):
+    spec = make_spec(tmp_path, components=("tables",), services=False)
+    world = up_world(spec)
+    (tmp_path / "stack/tables/data").rename(tmp_path / "stack/tables/.restoring")
+    register_ready(calls, world)
+    runner = botlxc.Runner()
+    with pytest.raises(botlxc.BotlxcError, match="a restore was cut short"):
+        botlxc.up(runner, spec)
+    assert not (tmp_path / "stack/tables/data").exists()
+
+
+def test_a_pause_that_fails_still_resumes_the_ones_paused_before(calls, tmp_path):
+    spec = make_spec(tmp_path, components=("tables", "cache"))
+    world = up_world(spec)
+    op = op_for(calls, world)
+    calls(["lxc", "pause", "acme-tables"])
+    calls(["lxc", "pause", "acme-cache"], returncode=1, stderr="Error: freezing failed\n")
+    calls(["lxc", "start", "acme-tables"], returncode=1, stderr="Error: busy\n")
+    calls(["lxc", "start", "acme-cache"])  # resumed although the one before failed
+    calls(["rm", "-rf", "--one-file-system", str(tmp_path / "stack/.botlxc/snapshots/s1")])
+    with pytest.raises(botlxc.BotlxcError):
+        botlxc.create_snapshot(op, "s1", ())
+    assert sorted(calls.made()) == sorted(calls.expected)
+
+
+def test_deleting_one_components_snapshot_keeps_the_others_copies(calls, acme, tmp_path):
+    spec, world = acme
+    with_snapshot(world, tmp_path / "stack", "s1")
+    op = op_for(calls, world, dry_run=True)
+    botlxc.delete_snapshot(op, "s1", ("tables",))
+    snaps = str(tmp_path / "stack/.botlxc/snapshots")
+    assert [a.argv for a in op.runner.actions] == [
+        ["lxc", "delete", "acme-tables/s1"],
+        ["rm", "-rf", "--one-file-system", snaps + "/s1/tables"],
+        ["rmdir", "--ignore-fail-on-non-empty", snaps + "/s1"]]
