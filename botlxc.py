@@ -1537,11 +1537,13 @@ def isolated_ranges(instances):
     return ranges
 
 
-def allocate_bases(spec, snapshot):
+def allocate_bases(spec, snapshot, recorded=None):
     """{component: host id of its container's root}. Every unprivileged container gets ids
     of its own (security.idmap.isolated), chosen here, under the host lock, so a runbook
-    knows them: a break-out of one container owns no other container's files."""
+    knows them: a break-out of one container owns no other container's files. A container
+    made again (after down) gets the ids its host dirs already belong to, when still free."""
     taken = isolated_ranges(snapshot["all"])
+    recorded = recorded or {}
     bases = {}
     for comp in spec.components:
         inst = snapshot["mine"].get(comp)
@@ -1554,6 +1556,10 @@ def allocate_bases(spec, snapshot):
             continue
         first, end = spec.host.subuid_base, spec.host.subuid_base + spec.host.subuid_size
         base = first + IDMAP_SIZE  # the first block stays LXD's shared map's root
+        kept = recorded.get(comp)
+        if inst is None and kept and first + IDMAP_SIZE <= kept <= end - IDMAP_SIZE and not any(
+                kept < b_end and b_first < kept + IDMAP_SIZE for b_first, b_end in taken):
+            base = kept
         while any(base < b_end and b_first < base + IDMAP_SIZE for b_first, b_end in taken):
             base += IDMAP_SIZE
         if base + IDMAP_SIZE > end:
@@ -1565,18 +1571,29 @@ def allocate_bases(spec, snapshot):
     return bases
 
 
-def idmap_base(inst, spec):
-    """The host uid of container root for an existing instance, else the prediction."""
-    if inst is not None:
-        config = inst.get("config") or {}
-        if config.get("security.privileged") == "true":
-            return 0
-        for key in ("volatile.idmap.current", "volatile.idmap.next", "volatile.last_state.idmap"):
-            with contextlib.suppress(ValueError, TypeError):
-                for entry in json.loads(config.get(key) or "[]"):
-                    if entry.get("Isuid") and entry.get("Nsid") == 0:
-                        return int(entry["Hostid"])
-    return 0 if spec.privileged else spec.host.subuid_base
+def written_base(inst):
+    """The host id of the root that last wrote an existing container's files (as LXD records
+    it: the running map, else the one on disk), or None."""
+    config = (inst or {}).get("config") or {}
+    if config.get("security.privileged") == "true":
+        return 0
+    for key in ("volatile.idmap.current", "volatile.last_state.idmap"):
+        with contextlib.suppress(ValueError, TypeError):
+            for entry in json.loads(config.get(key) or "[]"):
+                if entry.get("Isuid") and entry.get("Nsid") == 0:
+                    return int(entry["Hostid"])
+    return None
+
+
+def ids_record(spec, component):
+    """Host-side record of the id base a component's host dirs belong to (written by botlxc
+    after it gave or shifted them; never read from the container's own dirs)."""
+    return spec.stack / STATE_DIR / "ids" / component
+
+
+def recorded_base(spec, component):
+    text = (read_file(ids_record(spec, component), 64) or "").strip()
+    return int(text) if re.fullmatch(r"\d{1,12}", text) else None
 
 
 def host_dir(spec, component, which=None):
@@ -1638,11 +1655,14 @@ def mark_stack(runner, spec):
                   step=step)
 
 
-def ensure_host_dirs(runner, spec, component, owner):
+def ensure_host_dirs(runner, spec, component, owner, inst=None):
     """<stack>/<component>/{data,conf,logs}, owned by the container's root before mounting.
 
     A tree that belongs to another container's ids (a clone's copy, a tenant moving to ids
-    of its own) is shifted to this one's: its conf dir's owner says whose root it was.
+    of its own) is shifted to this one's while the container is stopped. Whose it was comes
+    from the host's record (or LXD's idmap of the container), never from the dirs, which the
+    container could have chowned; the record is written once the shift is complete, and a
+    shift cut short is simply done again (ids already moved are outside the old block).
     """
     dirs = [host_dir(spec, component, d) for d in HOST_DIRS]
     found = {d: lstat_or_none(d) for d in dirs}
@@ -1656,14 +1676,21 @@ def ensure_host_dirs(runner, spec, component, owner):
     if missing:
         runner.change(["mkdir", "-p", *missing], "host dirs for %s" % component,
                       step=spec.name(component) + ": host dirs")
-    conf = found[host_dir(spec, component, "conf")]
-    old = conf.st_uid if conf is not None else None
-    if old is not None and owner and old != owner and old >= spec.host.subuid_base:
+    old = recorded_base(spec, component)
+    if old is None:
+        old = written_base(inst)
+    record = ["install", "-D", "-m", "0600", "/dev/stdin", str(ids_record(spec, component))]
+    if old is not None and owner and old != owner and not missing:
         shown = self_argv() + ["host", "shift-ids", "--from", str(old), "--to", str(owner),
                                *map(str, dirs)]
         runner.local(shown, "%s's files move from ids %d+ to its own %d+" % (
             component, old, owner), lambda: shift_ids(dirs, old, owner))
+        runner.change(record, "%s's host dirs belong to ids %d+" % (component, owner),
+                      input="%d\n" % owner, step=spec.name(component) + ": host dirs")
         return
+    if recorded_base(spec, component) != owner:
+        runner.change(record, "%s's host dirs belong to ids %d+" % (component, owner),
+                      input="%d\n" % owner, step=spec.name(component) + ": host dirs")
     # A dir owned by a host id below the container's range is invisible-as-root inside;
     # ids inside the range are the services' own (postgres, valkey): leave those alone.
     wrong = [str(d) for d, st in found.items()
@@ -2289,7 +2316,7 @@ def prepare(runner, spec):
         mark_stack(runner, spec)
     if spec.services and "minio" in spec.artifacts:
         spec.artifacts = {"minio": fetch_artifact(runner, spec.host, *spec.artifacts["minio"])}
-    owners = allocate_bases(spec, snapshot)
+    owners = allocate_bases(spec, snapshot, {c: recorded_base(spec, c) for c in spec.components})
     spec.network = ensure_network(runner, spec, world)
     for comp in spec.components:
         inst = snapshot["mine"].get(comp)
@@ -2301,7 +2328,7 @@ def prepare(runner, spec):
             snapshot["mine"][comp] = dict(inst, status="Stopped")
     # Host dirs first: mounts exist before any install writes to them.
     for comp in spec.components:
-        ensure_host_dirs(runner, spec, comp, owners[comp])
+        ensure_host_dirs(runner, spec, comp, owners[comp], snapshot["mine"].get(comp))
     if spec.services:
         ensure_secrets(runner, spec, {**existing_ports(spec, snapshot), **ports}, self_argv())
     for comp in spec.components:

@@ -393,6 +393,8 @@ def prepare_stack(spec, ports=None):
         master = state / "secrets" / (component + ".env")
         master.write_text(master_text(component))
         master.chmod(0o600)
+        (state / "ids").mkdir(mode=0o700, exist_ok=True)
+        (state / "ids" / component).write_text("%d\n" % OWNER)
     env = spec.stack / ".env"
     env.write_text(env_text(spec.tenant, ports, spec.components))
     env.chmod(0o600)

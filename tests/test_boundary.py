@@ -300,3 +300,25 @@ def test_shifting_refuses_a_top_dir_that_is_a_link(tmp_path, canary):
     (tmp_path / "data").symlink_to(canary.parent, target_is_directory=True)
     with pytest.raises(botlxc.BotlxcError, match="is a symbolic link"):
         botlxc.shift_ids([tmp_path / "data"], 100000, 165536)
+
+
+def test_whose_ids_the_host_dirs_have_comes_from_the_host_not_the_container(calls, tmp_path):
+    """A container that chowns its conf dir cannot make host root shift anything: the
+    host's record (and LXD's idmap) say whose the files are."""
+    from conftest import OWNER
+    spec = make_spec(tmp_path, components=("cache",), services=False)
+    world = up_world(spec)
+    if os.geteuid() == 0:
+        os.chown(tmp_path / "stack/cache/conf", OWNER + 4242, OWNER + 4242)  # its doing
+    register_ready(calls, world)
+    runner = botlxc.Runner(dry_run=True)
+    botlxc.up(runner, spec)
+    assert not any("shift-ids" in a.argv for a in runner.actions)
+    assert runner.actions == []
+
+
+def test_a_tenant_made_again_after_down_keeps_the_ids_its_files_have(tmp_path):
+    from conftest import facts
+    spec = make_spec(tmp_path, host=facts(subuid_base=100000, subuid_size=10000001))
+    assert botlxc.allocate_bases(spec, {"all": [], "mine": {}}, {"tables": 427680}) == {
+        "tables": 427680, "drive": 165536, "cache": 231072}

@@ -44,8 +44,10 @@ def marker(calls, stack):
 
 
 def host_dirs(calls, stack, component, owner=OWNER):
+    """New host dirs: made, recorded (host-side) as belonging to owner's ids, given to it."""
     dirs = ["%s/%s/%s" % (stack, component, d) for d in ("data", "conf", "logs")]
     calls(["mkdir", "-p"] + dirs)
+    calls(["install", "-D", "-m", "0600", "/dev/stdin", "%s/.botlxc/ids/%s" % (stack, component)])
     calls(["chown", "--no-dereference", "%d:%d" % (owner, owner)] + dirs)
 
 
@@ -127,6 +129,10 @@ def register_new_tenant(calls, spec, ca_file=None, dirs=True):
         marker(calls, S)
         for nth, component in enumerate(spec.components):
             host_dirs(calls, S, component, base(nth, first))
+    else:  # the dirs are there (a tenant that was down): shifted to the new ids, recorded
+        for component in spec.components:
+            calls(["install", "-D", "-m", "0600", "/dev/stdin",
+                   "%s/.botlxc/ids/%s" % (S, component)])
     for nth, (component, port, engine) in enumerate((
             ("tables", 5432, []), ("drive", 9000, ["-c", "user.botlxc.engine=rclone"]),
             ("cache", 6379, []))):
@@ -357,8 +363,9 @@ def test_privileged_instance_dirs_belong_to_root(calls, tmp_path):
     botlxc.up(runner, spec)
     assert calls.made() == calls.expected
     S = str(tmp_path / "stack")
-    assert argvs(runner)[2:5] == [
+    assert argvs(runner)[2:6] == [
         ["mkdir", "-p", S + "/cache/data", S + "/cache/conf", S + "/cache/logs"],
+        ["install", "-D", "-m", "0600", "/dev/stdin", S + "/.botlxc/ids/cache"],
         ["chown", "--no-dereference", "0:0", S + "/cache/data", S + "/cache/conf",
          S + "/cache/logs"],
         ["lxc", "init", "botlxc/debian-12", "acme-cache", "-c", "security.privileged=true",

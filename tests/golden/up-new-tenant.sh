@@ -13,17 +13,32 @@ BOTLXC_EOF
 # host dirs for tables
 mkdir -p /TMP/stack/tables/data /TMP/stack/tables/conf /TMP/stack/tables/logs
 
+# tables's host dirs belong to ids 1065536+
+install -D -m 0600 /dev/stdin /TMP/stack/.botlxc/ids/tables <<'BOTLXC_EOF'
+1065536
+BOTLXC_EOF
+
 # owned by the container's root (host uid 1065536)
 chown --no-dereference 1065536:1065536 /TMP/stack/tables/data /TMP/stack/tables/conf /TMP/stack/tables/logs
 
 # host dirs for drive
 mkdir -p /TMP/stack/drive/data /TMP/stack/drive/conf /TMP/stack/drive/logs
 
+# drive's host dirs belong to ids 1131072+
+install -D -m 0600 /dev/stdin /TMP/stack/.botlxc/ids/drive <<'BOTLXC_EOF'
+1131072
+BOTLXC_EOF
+
 # owned by the container's root (host uid 1131072)
 chown --no-dereference 1131072:1131072 /TMP/stack/drive/data /TMP/stack/drive/conf /TMP/stack/drive/logs
 
 # host dirs for cache
 mkdir -p /TMP/stack/cache/data /TMP/stack/cache/conf /TMP/stack/cache/logs
+
+# cache's host dirs belong to ids 1196608+
+install -D -m 0600 /dev/stdin /TMP/stack/.botlxc/ids/cache <<'BOTLXC_EOF'
+1196608
+BOTLXC_EOF
 
 # owned by the container's root (host uid 1196608)
 chown --no-dereference 1196608:1196608 /TMP/stack/cache/data /TMP/stack/cache/conf /TMP/stack/cache/logs
