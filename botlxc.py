@@ -490,6 +490,8 @@ class Component:
     depends_on: tuple = ()
     #: the user the service runs as, who owns its logs (logrotate rotates them as that user)
     user: str = "root"
+    #: its install uses pip: it gets the host's pip index (which may hold credentials)
+    pip: bool = False
 
     def ports_for(self, engine):
         return tuple(p for p in self.ports if not p.engines or engine in p.engines)
@@ -528,6 +530,7 @@ COMPONENTS = {
              "DRIVE_SECRET={DRIVE_SECRET}"),
         engines=("rclone", "minio"),
         user="drive",
+        pip=True,
     ),
     "cache": Component(
         name="cache",
@@ -2123,7 +2126,8 @@ def ensure_secrets(runner, spec, ports, shown_argv, rotate=()):
             current = {}
         values[comp] = {key: current.get(key) or new_secret(
             20 if key.endswith("ACCESSKEY") else 32) for key in keys}
-        text = secrets_text(values[comp], spec.host.pip_index_url)
+        text = secrets_text(values[comp], spec.host.pip_index_url if COMPONENTS[comp].pip
+                            else "")
         if read_file(secrets_master(spec, comp)) != text:
             to_write[comp] = text
     # Components this run does not touch keep their .env lines (from their own secrets).
@@ -2215,6 +2219,10 @@ def ensure_service(runner, spec, component, inst):
     if labels(inst or {}).get("installed") == want:
         inside = lxc_exec(runner, name, ["sha256sum", SECRETS_IN], step=name + ": secrets")
         host = hashlib.sha256((read_file(master) or "").encode()).hexdigest()
+        if "not running" in inside.stderr:
+            # Only in a dry run: the start this plan makes has not happened.
+            say("%-16s is checked once started" % name)
+            return False
         if inside.stdout.split()[:1] != [host]:
             say("%-16s its secrets are not the host's copy: applying them" % name)
         else:
@@ -2910,6 +2918,11 @@ def same_as(op, inst, **overrides):
     """A Spec for more of what the tenant already is: engine, listen address, services."""
     rows = port_rows(op)
     nic = ((inst.get("devices") or {}).get("eth0") or {}).get("network")
+    if "drive" in op.snapshot["mine"] and labels(op.snapshot["mine"]["drive"]).get(
+            "engine") == "minio" and "drive" in overrides.get("components", ("drive",)):
+        raise BadInput("%s-drive runs MinIO, whose binary only `up` is given: botlxc up "
+                       "--tenant %s --engine minio --artifact minio=PATH (with the same "
+                       "options) does this" % (op.tenant, op.tenant))
     values = dict(tenant=op.tenant, components=tuple(c for c, _ in chosen(op)), stack=None,
                   engine=labels(inst).get("engine") or "rclone",
                   listen=rows[0]["listen"] if rows else "127.0.0.1",
