@@ -2774,8 +2774,8 @@ def destroy(op, purge, stack_dir=None):
         owner = (read_file(stack / STATE_DIR / "tenant", 256) or "").strip()
         if owner != op.tenant:
             if purge:
-                raise BotlxcError("tenant %s has no containers and %s is not its stack; give "
-                                  "its --stack-dir to purge its data" % (op.tenant, stack))
+                raise BadInput("tenant %s has no containers and %s is not its stack; give "
+                               "its --stack-dir to purge its data" % (op.tenant, stack))
             stack = None
     for _, inst in sorted(mine.items(), key=lambda kv: catalogue_order(kv[0])):
         remove_instance(op.runner, inst)
@@ -2877,21 +2877,21 @@ def update_components(op, components):
     for comp, inst in pairs:
         name, snap = inst["name"], "pre-update-" + stamp()
         take_snapshot(op.runner, stack, [(comp, inst)], snap)
-        lxc_exec(op.runner, name, UPGRADE, why="upgrade the packages in %s" % name,
-                 step="%s: upgrade (log: botlxc logs %s -t %s)" % (name, comp, op.tenant))
-        if not installed(inst):
-            continue
         try:
-            lxc_exec(op.runner, name, ["systemctl", "restart", comp + ".service"],
-                     why="restart %s on the upgraded packages" % comp, step=name + ": restart")
-            wait_healthy(op.runner, name, comp, "after the upgrade")
+            lxc_exec(op.runner, name, UPGRADE, why="upgrade the packages in %s" % name,
+                     step="%s: upgrade (log: botlxc logs %s -t %s)" % (name, comp, op.tenant))
+            if installed(inst):
+                lxc_exec(op.runner, name, ["systemctl", "restart", comp + ".service"],
+                         why="restart %s on the upgraded packages" % comp,
+                         step=name + ": restart")
+                wait_healthy(op.runner, name, comp, "after the upgrade")
         except BotlxcError as exc:
             say("%s; restoring snapshot %s" % (exc, snap))
             restore_snapshot(op.runner, stack, [(comp, dict(inst, status="Running"))], snap,
                              known=True)
             failed.append("%s (rolled back to snapshot %s, healthy again)" % (comp, snap))
     if failed:
-        raise BotlxcError("update failed its health check: %s" % "; ".join(failed))
+        raise BotlxcError("update failed: %s" % "; ".join(failed))
 
 
 def port_rows(op):
@@ -2953,6 +2953,11 @@ def set_port(op, picks):
 def rotate_secrets(op, components):
     """New secrets for the components, pushed and applied by their (idempotent) install."""
     pairs = chosen(op, components)
+    stopped = [i["name"] for _, i in pairs if i.get("status") != "Running"]
+    if stopped:
+        raise BadInput("%s %s stopped: the new secrets are applied by the running service "
+                       "(botlxc start first)" % (", ".join(stopped),
+                                                 "is" if len(stopped) == 1 else "are"))
     spec = same_as(op, pairs[0][1], components=tuple(c for c, _ in pairs))
     spec.stack = tenant_stack(op)
     ports = existing_ports(spec, op.snapshot)
@@ -2977,25 +2982,50 @@ def clone_tenant(op, to, stack_dir):
     if any(labels(i).get("tenant") == to for i in op.snapshot["all"]):
         raise BadInput("tenant %s exists already" % to)
     snap = "clone-%s-%s" % (to, stamp())
+    step = "clone " + to
+    made = lstat_or_none(target) is None
     take_snapshot(op.runner, stack, pairs, snap)
-    for comp, _ in pairs:
-        op.runner.change(["mkdir", "-p", str(target / comp)], "%s's dir in the clone" % comp,
-                         step="clone " + to)
-        op.runner.change(["cp", "-a", "--reflink=auto", *[
-            str(snapshot_dir(stack, snap) / comp / which) for which in HOST_DIRS],
-            str(target / comp)], "%s's data for %s" % (comp, to), step="clone " + to)
-        # a secrets file of botlxc < 0.3 would hand the clone the original's passwords
-        op.runner.change(["rm", "-f", str(target / comp / "conf" / LEGACY_SECRETS)],
-                         "the clone gets secrets of its own", step="clone " + to)
-    if lstat_or_none(limits_path(stack)) is not None:  # the same limits, kept the same way
-        op.runner.change(["install", "-D", "-m", "0600", str(limits_path(stack)),
-                          str(limits_path(target))], "the clone keeps this tenant's limits",
-                         step="clone " + to)
-    drop_snapshot(op.runner, stack, [inst["name"] for _, inst in pairs], snap)
+    try:
+        op.runner.change(["install", "-d", "-m", "0700", str(target / STATE_DIR),
+                          str(target / STATE_DIR / "ids")], "the clone's root-only state",
+                         step=step)
+        for comp, inst in pairs:
+            op.runner.change(["mkdir", "-p", str(target / comp)],
+                             "%s's dir in the clone" % comp, step=step)
+            op.runner.change(["cp", "-a", "--reflink=auto", *[
+                str(snapshot_dir(stack, snap) / comp / which) for which in HOST_DIRS],
+                str(target / comp)], "%s's data for %s" % (comp, to), step=step)
+            # a secrets file of botlxc < 0.3 would hand the clone the original's passwords
+            op.runner.change(["rm", "-f", str(target / comp / "conf" / LEGACY_SECRETS)],
+                             "the clone gets secrets of its own", step=step)
+            # whose ids the copy has: its new containers' up shifts it to their own
+            source = recorded_base(Spec(op.tenant, (), stack), comp)
+            source = written_base(inst) if source is None else source
+            op.runner.change(["install", "-m", "0600", "/dev/stdin",
+                              str(target / STATE_DIR / "ids" / comp)],
+                             "the copy of %s belongs to ids %s+" % (comp, source),
+                             input="%s\n" % source, step=step)
+        if lstat_or_none(limits_path(stack)) is not None:  # the same limits, kept the same way
+            op.runner.change(["install", "-m", "0600", str(limits_path(stack)),
+                              str(limits_path(target))], "the clone keeps this tenant's limits",
+                             step=step)
+    except BaseException:
+        if made:
+            op.runner.change(["rm", "-rf", "--one-file-system", str(target)],
+                             "remove the half-made clone", always=True, step=step)
+        raise
+    finally:
+        drop_snapshot(op.runner, stack, [inst["name"] for _, inst in pairs], snap)
     privileged = (pairs[0][1].get("config") or {}).get("security.privileged") == "true"
     spec = same_as(op, pairs[0][1], tenant=to, stack=target, privileged=privileged)
     with locks(op.host, op.runner.dry_run, op.wait, "tenant-" + to)[0]:
-        ports = converge(op, spec)
+        try:
+            ports = converge(op, spec)
+        except BotlxcError as exc:
+            error = BotlxcError("%s; the clone is half made: run the same clone again after "
+                                "botlxc destroy --tenant %s --purge-data --yes" % (exc, to))
+            error.exit_code = exc.exit_code
+            raise error from None
     if not op.runner.dry_run:
         say("tenant %s cloned from %s: data in %s, ports %s; its .env has its own secrets"
             % (to, op.tenant, target, ", ".join("%s.%s=%d" % (c, p, hp)
@@ -3022,6 +3052,8 @@ class Check:
     fix: str = ""
     #: the safe fix `doctor --fix` applies (a callable taking the Runner), if any
     repair: object = None
+    #: the lock that fix takes: "host" for LXD and the host, else the tenant's
+    lock: str = "tenant"
 
 
 def _ok(name, evidence):
@@ -3029,7 +3061,15 @@ def _ok(name, evidence):
 
 
 def host_checks(runner, facts):
-    """LXD itself: installed, answering, ours to use, initialised; the host's limits."""
+    """LXD itself: installed, answering, ours to use, initialised; the host's limits. Their
+    fixes run under the host lock."""
+    checks, world = _host_checks(runner, facts)
+    for found in checks:
+        found.lock = "host"
+    return checks, world
+
+
+def _host_checks(runner, facts):
     checks = []
     if not facts.lxc or not facts.lxd:
         return [Check("lxd-installed", "fail", "no lxc/lxd on this host",
@@ -3475,6 +3515,9 @@ def cmd_secrets(ctx, tenant, stack_dir, ports, listen, rotate):
     if ctx.invoked_subcommand:
         return
     picks = parse_port_picks(ports, COMPONENTS)
+    if not picks:
+        raise BadInput("give the tenant's ports as up allocated them (--port tables.pg=5432 "
+                       "...), as runbooks do; to change secrets use botlxc secrets rotate")
     rotate = validate_components(rotate) if rotate else ()
     components = tuple(c for c in COMPONENTS if any(k[0] == c for k in picks)) or \
         DEFAULT_COMPONENTS
@@ -3857,7 +3900,8 @@ def cmd_doctor(op, fix, as_json):
         check_can_change(op.host, False, "doctor --fix")
         tried.add(found.name)
         say("fixing %s: %s" % (found.name, found.fix))
-        with locks(op.host, False, op.wait, "tenant-" + op.tenant)[0]:
+        lock = "host" if found.lock == "host" else "tenant-" + op.tenant
+        with locks(op.host, False, op.wait, lock)[0]:
             try:
                 found.repair(Runner())
             except BotlxcError as exc:

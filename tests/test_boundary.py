@@ -198,7 +198,8 @@ def test_the_secrets_command_refuses_another_tenants_stack(tmp_path, capsys):
     beta = make_spec(tmp_path, tenant="beta", components=("tables",))
     prepare_stack(beta)
     before = (tmp_path / "stack/.env").read_text()
-    code = botlxc.main(["secrets", "--tenant", "acme", "--stack-dir", str(tmp_path / "stack")])
+    code = botlxc.main(["secrets", "--tenant", "acme", "--stack-dir", str(tmp_path / "stack"),
+                        "--port", "tables.pg=5432"])
     assert code == 2
     assert capsys.readouterr().err == "botlxc: error: stack %s belongs to tenant beta, not " \
                                       "acme\n" % (tmp_path / "stack")

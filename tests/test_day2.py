@@ -401,7 +401,7 @@ def test_an_update_that_fails_health_is_rolled_back_and_exits_1(calls, tmp_path)
     with pytest.raises(botlxc.BotlxcError) as failed:
         botlxc.update_components(op, ())
     assert failed.value.exit_code == 1
-    assert "update failed its health check: cache (rolled back to snapshot pre-update-" \
+    assert "update failed: cache (rolled back to snapshot pre-update-" \
         in str(failed.value)
     assert ["lxc", "exec", "acme-cache", "--", *botlxc.HEALTH_WAIT] == list(fp.calls)[-1]
 
