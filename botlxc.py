@@ -15,10 +15,12 @@ Map of this file, top to bottom; each section uses only what is above it:
  10. validation    tenant names, ports, sizes, CPUs, snapshot names: before anything runs
  11. host files    the trust boundary: safe paths, bounded reads, private writes, locks
  12. host          LXD install/start/init, Debian 12 image, artifacts
- 13. tenant steps  observe -> ensure_* (stack, instances, mounts, ports, secrets, services),
-                   up / down / status, then the day-2 operations (snapshots, restore,
-                   clone, limits, ports, usage, update, rotate, destroy)
- 14. CLI           tenant_command (one shape: validate, facts, Runner, lock, Op, finish),
+ 13. tenant steps  observe -> ensure_* (stack, network, ids, instances, mounts, ports,
+                   secrets, services), up / down / status, then Op (what a tenant command
+                   works with) and the day-2 operations (snapshots, restore, clone, limits,
+                   ports, usage, update, rotate, destroy)
+ 14. doctor        one check per trouble, each with its evidence, fix and safe repair
+ 15. CLI           tenant_command (one shape: validate, facts, Runner, lock, Op, finish),
                    thin click commands, main()
 
 Exit codes: 0 ok - 1 error - 2 usage or bad input (nothing changed) - 3 a command failed
@@ -1620,13 +1622,18 @@ def resolve_stack(spec, snapshot):
     return Path(os.path.abspath(str(spec.stack or default_stack(spec.tenant))))
 
 
+def stack_owner(stack):
+    """The tenant its marker names, or None (a stack made before markers, or none yet)."""
+    return (read_file(stack / STATE_DIR / "tenant", 256) or "").strip() or None
+
+
 def check_stack(spec, snapshot):
     """The stack is safe to use as root and is this tenant's alone (its marker, LXD's
     labels); its data mounts point into it. Returns whether the marker is still missing."""
     check_host_path(spec.stack)
     check_stack_entries(spec.stack, COMPONENTS)
     state = spec.stack / STATE_DIR
-    owner = (read_file(state / "tenant", 256) or "").strip() or None
+    owner = stack_owner(spec.stack)
     if owner is not None and owner != spec.tenant:
         raise BadInput("stack %s belongs to tenant %s (%s); give tenant %s its own --stack-dir"
                        % (spec.stack, owner, state / "tenant", spec.tenant))
@@ -2440,6 +2447,44 @@ def down(runner, snapshot, components):
     return removed, [inst["name"] for inst in snapshot["foreign"]]
 
 
+# ---- what every tenant command works with
+
+def locks(facts, dry_run, wait, *names):
+    """Locks for a changing command, outermost first; a dry run changes nothing and takes
+    none (it must also work for a user who cannot create root's lock dir)."""
+    if dry_run:
+        return [contextlib.nullcontext() for _ in names]
+    return [Lock(facts.run_dir, name, wait) for name in names]
+
+
+def check_can_change(facts, dry_run, command):
+    if not facts.root and not dry_run:
+        raise BotlxcError("botlxc %s needs root: it changes host dirs, secrets and LXD as root "
+                          "(try: sudo botlxc %s, or --dry-run to see the plan)"
+                          % (command, command))
+
+
+@dataclasses.dataclass
+class Op:
+    """What a tenant command's operation gets: its tenant, the host's facts, the Runner, and
+    one `lxc list` snapshot, taken when first asked for (under the tenant lock)."""
+
+    tenant: str
+    runner: Runner
+    host: HostFacts
+    wait: int = LOCK_WAIT
+    _snapshot: dict = None
+
+    @property
+    def snapshot(self):
+        if self._snapshot is None:
+            self._snapshot = observe_tenant(self.runner, self.tenant)
+        return self._snapshot
+
+    def host_lock(self):
+        return locks(self.host, self.runner.dry_run, self.wait, "host")[0]
+
+
 # ---- day-2 operations: each works on the tenant's snapshot (Op) and changes through the Runner
 
 #: Run inside a container by `update`: packages upgraded under the install lock, output in
@@ -2725,7 +2770,19 @@ def snapshot_schedule(facts, tenant):
     return "%s, keeping %s (%s)" % (every, keep.group(1) if keep else "all", files[0])
 
 
+def check_runs_as_root(argv):
+    """A command root will run unattended: no file or dir on its path another user could
+    change (or root would run their code)."""
+    for item in (a for a in argv if "/" in a):
+        path = Path(item)
+        check_host_path(path.parent, "path of %s" % item)
+        st = os.stat(item)
+        if not _trusted_owner(st) or _writable_by_others(st):
+            raise BadInput("refusing to schedule %s as root: other users can change it" % item)
+
+
 def set_schedule(runner, facts, tenant, every, keep):
+    check_runs_as_root(self_argv())
     files = schedule_files(facts, tenant)
     command = shlex.join(self_argv() + ["snapshot", "create", "--tenant", tenant,
                                         "--keep", str(keep)])
@@ -2771,7 +2828,7 @@ def destroy(op, purge, stack_dir=None):
         stack_dir or default_stack(op.tenant))))
     if not mine:
         check_host_path(stack)
-        owner = (read_file(stack / STATE_DIR / "tenant", 256) or "").strip()
+        owner = stack_owner(stack)
         if owner != op.tenant:
             if purge:
                 raise BadInput("tenant %s has no containers and %s is not its stack; give "
@@ -3039,7 +3096,8 @@ def human(size):
         size /= 1024.0
 
 
-# ---- doctor: one check per trouble of the chapter's Troubleshooting and of LXD users'
+# --------------------------------------------------------------------------- 14. doctor
+# One check per trouble of the chapter's Troubleshooting section and of what LXD users hit.
 
 
 @dataclasses.dataclass
@@ -3138,7 +3196,7 @@ def tenant_checks(op, world):
                       "botlxc up --tenant %s" % op.tenant)]
     try:
         stack = tenant_stack(op)
-        owner = (read_file(stack / STATE_DIR / "tenant", 256) or "").strip()
+        owner = stack_owner(stack)
         if owner != op.tenant:
             raise BadInput("%s/tenant names %r" % (stack / STATE_DIR, owner or "nobody"))
         checks.append(_ok("stack", "%s is root's, with no links, and marked as %s's"
@@ -3274,7 +3332,7 @@ def doctor(op):
     return checks
 
 
-# --------------------------------------------------------------------------- 14. CLI
+# --------------------------------------------------------------------------- 15. CLI
 
 
 def dry_run_option(func):
@@ -3293,48 +3351,12 @@ def wait_option(func):
                         help="How long to wait for a lock another botlxc run holds.")(func)
 
 
-def locks(facts, dry_run, wait, *names):
-    """Locks for a changing command, outermost first; a dry run changes nothing and takes
-    none (it must also work for a user who cannot create root's lock dir)."""
-    if dry_run:
-        return [contextlib.nullcontext() for _ in names]
-    return [Lock(facts.run_dir, name, wait) for name in names]
-
-
 def finish(runner):
     """In dry-run, stdout is the runbook; otherwise report how much changed."""
     if runner.dry_run:
         click.echo(runner.script(), nl=False)
     else:
         say("%d change%s" % (len(runner.actions), "" if len(runner.actions) == 1 else "s"))
-
-
-def check_can_change(facts, dry_run, command):
-    if not facts.root and not dry_run:
-        raise BotlxcError("botlxc %s needs root: it changes host dirs, secrets and LXD as root "
-                          "(try: sudo botlxc %s, or --dry-run to see the plan)"
-                          % (command, command))
-
-
-@dataclasses.dataclass
-class Op:
-    """What a tenant command's operation gets: its tenant, the host's facts, the Runner, and
-    one `lxc list` snapshot, taken when first asked for (under the tenant lock)."""
-
-    tenant: str
-    runner: Runner
-    host: HostFacts
-    wait: int = LOCK_WAIT
-    _snapshot: dict = None
-
-    @property
-    def snapshot(self):
-        if self._snapshot is None:
-            self._snapshot = observe_tenant(self.runner, self.tenant)
-        return self._snapshot
-
-    def host_lock(self):
-        return locks(self.host, self.runner.dry_run, self.wait, "host")[0]
 
 
 def run_op(name, operation, tenant, options, check=None, changes=True, dry_run=False,
@@ -3484,13 +3506,7 @@ def cmd_up(op, **wanted):
     """Create or converge the tenant's containers and services (idempotent)."""
     spec = Spec(tenant=op.tenant, host=op.host, **wanted)
     started = time.monotonic()
-    allocated, failures = up(op.runner, spec, op.host_lock())
-    if failures:
-        error = BotlxcError("%d of %d components failed: %s (each error is shown above)" % (
-            len(failures), len(spec.components), ", ".join(sorted(failures))))
-        # A failed command anywhere makes it exit 3, like a single failed command would.
-        error.exit_code = max(exc.exit_code for exc in failures.values())
-        raise error
+    allocated = converge(op, spec)
     if not op.runner.dry_run:
         port_text = ", ".join("%s.%s=%s:%d" % (c, p, listen_address(spec.listen), hp)
                               for (c, p), hp in sorted(allocated.items()))
@@ -3528,7 +3544,7 @@ def cmd_secrets(ctx, tenant, stack_dir, ports, listen, rotate):
                 host=read_host_facts())
     check_host_path(spec.stack)
     check_stack_entries(spec.stack, COMPONENTS)
-    owner = (read_file(spec.stack / STATE_DIR / "tenant", 256) or "").strip()
+    owner = stack_owner(spec.stack)
     if owner and owner != spec.tenant:
         raise BadInput("stack %s belongs to tenant %s, not %s" % (spec.stack, owner, tenant))
     defaults = {(c, p.name): p.port for c in components for p in COMPONENTS[c].ports[:1]}
