@@ -2297,8 +2297,10 @@ def prepare(runner, spec):
     """Everything that other tenants' runs could race on, done under the host lock: host,
     image, artifacts, ports, and the containers with the proxy devices that reserve them.
     Returns (snapshot, ports)."""
-    if spec.stack is not None:  # refused before the host is touched (checked again below)
-        check_host_path(spec.stack)
+    # Refused before the host is touched (checked again below): the stack given, or, with no
+    # LXD yet (so no tenant whose containers record another one), the default.
+    if spec.stack is not None or not spec.host.lxc:
+        check_host_path(spec.stack or default_stack(spec.tenant))
     world = ensure_host(runner, spec.host)
     image = ensure_image(runner, spec.host, world, spec.image)
     # In a dry run on a host without a running LXD there is nothing to list yet.
