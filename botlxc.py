@@ -580,23 +580,25 @@ def validate_components(names):
     return tuple(n for n in COMPONENTS if n in names)
 
 
-def parse_port_picks(values, components):
+def parse_port_picks(values, components, what="--port"):
     """--port COMPONENT[.NAME]=HOSTPORT -> {(component, port name): host port}."""
     picks = {}
     for value in values:
         match = re.fullmatch(r"([a-z]+)(?:\.([a-z0-9]+))?=(\d{1,5})", value)
         if not match:
-            raise BadInput("invalid --port %r: expected COMPONENT[.NAME]=HOSTPORT, "
-                           "e.g. tables=15432 or drive.s3=19000" % value)
+            raise BadInput("invalid %s %r: expected COMPONENT[.NAME]=HOSTPORT, "
+                           "e.g. tables=15432 or drive.s3=19000" % (what, value))
         comp, pname, number = match.group(1), match.group(2), int(match.group(3))
         if comp not in COMPONENTS:
-            raise BadInput("invalid --port %r: unknown component %r" % (value, comp))
+            raise BadInput("invalid %s %r: unknown component %r" % (what, value, comp))
         names = [p.name for p in COMPONENTS[comp].ports]
         pname = pname or names[0]
         if pname not in names:
-            raise BadInput("invalid --port %r: %s has ports %s" % (value, comp, ", ".join(names)))
+            raise BadInput("invalid %s %r: %s has ports %s"
+                           % (what, value, comp, ", ".join(names)))
         if not 1 <= number <= 65535:
-            raise BadInput("invalid --port %r: port %d is out of range 1-65535" % (value, number))
+            raise BadInput("invalid %s %r: port %d is out of range 1-65535"
+                           % (what, value, number))
         picks[(comp, pname)] = number
     if len(set(picks.values())) != len(picks):
         raise BadInput("--port: the same host port is picked twice")
@@ -2928,6 +2930,18 @@ def info_of(inst):
             "network": nets, "pid": state.get("pid"), "limits": limits_of(inst)}
 
 
+def realign(op, pairs):
+    """After a restore: the containers' config came back as it was, the host's state did
+    not (the secrets' master copy, limits, .env). Converge, as up would: the restored ports
+    and the host's secrets and limits are applied, and .env follows."""
+    fresh = Op(op.tenant, op.runner, op.host, op.wait)  # what LXD says now
+    comps = tuple(c for c, _ in pairs)
+    try:
+        converge(fresh, same_as(fresh, fresh.snapshot["mine"][comps[0]], components=comps))
+    except BadInput as exc:  # a MinIO drive: only up is given its binary
+        say("%s; then .env and the secrets follow the restore" % exc)
+
+
 def update_components(op, components):
     """Per component: a snapshot, apt upgrade inside, service restart, health; on failure
     the snapshot comes back (both parts) and the update fails naming it."""
@@ -2948,6 +2962,7 @@ def update_components(op, components):
             say("%s; restoring snapshot %s" % (exc, snap))
             restore_snapshot(op.runner, stack, [(comp, dict(inst, status="Running"))], snap,
                              known=True)
+            realign(op, [(comp, inst)])
             failed.append("%s (rolled back to snapshot %s, healthy again)" % (comp, snap))
     if failed:
         raise BotlxcError("update failed: %s" % "; ".join(failed))
@@ -3770,7 +3785,9 @@ def check_snapshot_name(name, components):
 @components_option
 def cmd_snapshot_restore(op, name, components):
     """Stop, restore containers and host dirs to NAME, start, wait until healthy."""
-    aside = restore_snapshot(op.runner, tenant_stack(op), chosen(op, components), name)
+    pairs = chosen(op, components)
+    aside = restore_snapshot(op.runner, tenant_stack(op), pairs, name)
+    realign(op, pairs)
     if not op.runner.dry_run:
         say("restored %s; the data as it was before is kept in %s (botlxc snapshot delete %s)"
             % (name, aside, aside.name))
@@ -3837,7 +3854,7 @@ def cmd_ports(ctx, tenant, as_json):
 
 
 @tenant_command("set", group=cmd_ports, check=lambda assignment: dict(
-    picks=parse_port_picks([assignment], COMPONENTS)))
+    picks=parse_port_picks([assignment], COMPONENTS, "port")))
 @click.argument("assignment", metavar="COMPONENT[.NAME]=PORT")
 def cmd_ports_set(op, picks):
     """Move a service to another host port (refused when the port is taken); .env follows."""

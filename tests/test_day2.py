@@ -5,8 +5,8 @@ import json
 import pytest
 
 import botlxc
-from conftest import (LIST, OWNER, SS, facts, health_reads, make_spec, register_ready,
-                      tenant_instance, up_world)
+from conftest import (LIST, OWNER, SS, facts, health_reads, make_spec, master_text,
+                      register_ready, tenant_instance, up_world)
 from test_up import INSTALL, PROTECTED  # noqa: F401  (the shapes every test here shares)
 
 V = botlxc.VERSION
@@ -48,7 +48,7 @@ def op_for(calls, world, dry_run=False):
     (["snapshot", "create", "a/b"], "invalid snapshot name 'a/b'"),
     (["snapshot", "create", "two words"], "invalid snapshot name 'two words'"),
     (["snapshot", "restore", "../x"], "invalid snapshot name '../x'"),
-    (["ports", "set", "cache=0"], "invalid --port 'cache=0': port 0 is out of range 1-65535"),
+    (["ports", "set", "cache=0"], "invalid port 'cache=0': port 0 is out of range 1-65535"),
     (["ports", "set", "cache=65536"], "port 65536 is out of range 1-65535"),
     (["ports", "set", "cache=http"], "expected COMPONENT[.NAME]=HOSTPORT"),
     (["exec", "mail", "--", "true"], "unknown component 'mail'"),
@@ -398,12 +398,22 @@ def test_an_update_that_fails_health_is_rolled_back_and_exits_1(calls, tmp_path)
     fp.register(["lxc", "exec", "acme-cache", "--", "systemctl", "is-system-running", "--wait"])
     fp.register(["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT])
     fp.register(["lxc", "exec", "acme-cache", "--", *botlxc.HEALTH_WAIT], stdout="cache: ok\n")
+    # then the host's state is brought back in line with the restored container, as up would
+    calls(LIST, data=world)
+    register_ready(calls, world)
+    calls(["lxc", "exec", "acme-cache", "--", "sha256sum", "/etc/botlxc/secrets.env"],
+          stdout="%s  /etc/botlxc/secrets.env\n" % botlxc.hashlib.sha256(
+              master_text("cache").encode()).hexdigest())
+    health_reads(calls, spec)
     with pytest.raises(botlxc.BotlxcError) as failed:
         botlxc.update_components(op, ())
     assert failed.value.exit_code == 1
     assert "update failed: cache (rolled back to snapshot pre-update-" \
         in str(failed.value)
-    assert ["lxc", "exec", "acme-cache", "--", *botlxc.HEALTH_WAIT] == list(fp.calls)[-1]
+    made = [list(argv) for argv in fp.calls]
+    realign = calls.expected[1:]  # (the first is the LIST op_for registered)
+    assert made[-len(realign):] == realign
+    assert ["lxc", "exec", "acme-cache", "--", *botlxc.HEALTH_WAIT] in made
 
 
 # ----------------------------------------------------------------------------- ports, usage
