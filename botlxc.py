@@ -88,6 +88,9 @@ IMAGE_PACKAGES = ("systemd", "systemd-sysv", "systemd-resolved", "udev", "dbus",
                   "ca-certificates", "procps", "less")
 #: Debian packages that make a bare Debian 12 host an LXD host.
 HOST_PACKAGES = ("lxd", "lxd-client", "dnsmasq-base", "iptables", "debootstrap", "btrfs-progs")
+#: Run inside a fresh container: returns once systemd has booted (0 running, 1 degraded),
+#: at most 120 s (a unit that hangs the boot must not hang botlxc: 124).
+BOOT_WAIT = ["timeout", "120", "systemctl", "is-system-running", "--wait"]
 #: Run inside a fresh container: returns once DHCP gave it a default route (at most 90 s).
 #: A constant script with no values in it, so nothing can be injected.
 NETWORK_WAIT = ["timeout", "90", "sh", "-c",
@@ -1780,9 +1783,10 @@ def wait_ready(runner, name):
 
     Both waits run in the container, so a runbook replayed by hand waits the same way.
     """
-    lxc_exec(runner, name, ["systemctl", "is-system-running", "--wait"],
-             why="wait until systemd in %s has booted" % name, ok_codes=(0, 1),
-             step=name + ": boot")  # 1 = "degraded": booted, some unit failed
+    lxc_exec(runner, name, BOOT_WAIT, why="wait until systemd in %s has booted" % name,
+             ok_codes=(0, 1),  # 1 = "degraded": booted, some unit failed
+             step=name + ": boot (not finished in 120 s: see lxc exec %s -- systemctl "
+             "list-jobs)" % name)
     lxc_exec(runner, name, NETWORK_WAIT, why="wait for %s's DHCP lease (default route)" % name,
              step=name + ": network (no lease in 90 s: see `botlxc doctor`, and `lxc exec %s "
              "-- journalctl -u systemd-networkd`)" % name)

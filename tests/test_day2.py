@@ -120,7 +120,7 @@ def test_start_waits_for_boot_network_and_health(capsys, calls, acme):
     assert code == 0
     assert runbook_argv(out) == [
         ["lxc", "start", "acme-cache"],
-        ["lxc", "exec", "acme-cache", "--", "systemctl", "is-system-running", "--wait"],
+        ["lxc", "exec", "acme-cache", "--", *botlxc.BOOT_WAIT],
         ["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT],
         ["lxc", "exec", "acme-cache", "--", *botlxc.HEALTH_WAIT]]
 
@@ -288,7 +288,7 @@ def test_restore_stops_restores_both_parts_keeps_the_old_data_and_waits(calls, t
         ["mv", staging + "/data", staging + "/conf", staging + "/logs", S + "/tables"],
         ["rmdir", staging],
         ["lxc", "start", "acme-tables"],
-        ["lxc", "exec", "acme-tables", "--", "systemctl", "is-system-running", "--wait"],
+        ["lxc", "exec", "acme-tables", "--", *botlxc.BOOT_WAIT],
         ["lxc", "exec", "acme-tables", "--", *botlxc.NETWORK_WAIT],
         ["lxc", "exec", "acme-tables", "--", *botlxc.HEALTH_WAIT]]
 
@@ -395,7 +395,7 @@ def test_an_update_that_fails_health_is_rolled_back_and_exits_1(calls, tmp_path)
     fp.register(["mv", S + "/cache/data", S + "/cache/conf", S + "/cache/logs", fp.any()])
     fp.register(["mv", fp.any()])
     fp.register(["rmdir", S + "/cache/.restoring"])
-    fp.register(["lxc", "exec", "acme-cache", "--", "systemctl", "is-system-running", "--wait"])
+    fp.register(["lxc", "exec", "acme-cache", "--", *botlxc.BOOT_WAIT])
     fp.register(["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT])
     fp.register(["lxc", "exec", "acme-cache", "--", *botlxc.HEALTH_WAIT], stdout="cache: ok\n")
     # then the host's state is brought back in line with the restored container, as up would
@@ -567,7 +567,7 @@ def test_a_restore_whose_copy_fails_changes_no_live_data_and_starts_again(calls,
            S + "/.botlxc/snapshots/s1/tables/conf", S + "/.botlxc/snapshots/s1/tables/logs",
            staging], returncode=1, stderr="cp: error writing: No space left on device\n")
     calls(["lxc", "start", "acme-tables"])
-    calls(["lxc", "exec", "acme-tables", "--", "systemctl", "is-system-running", "--wait"])
+    calls(["lxc", "exec", "acme-tables", "--", *botlxc.BOOT_WAIT])
     calls(["lxc", "exec", "acme-tables", "--", *botlxc.NETWORK_WAIT])
     calls(["lxc", "exec", "acme-tables", "--", *botlxc.HEALTH_WAIT], stdout="tables: ok\n")
     with pytest.raises(botlxc.CommandFailed, match="No space left"):

@@ -109,7 +109,7 @@ def test_a_tenant_on_the_shared_bridge_moves_to_its_own_while_stopped(calls, tmp
         ["lxc", "config", "device", "add", "acme-cache", "eth0", "nic", "network=" + NET,
          "name=eth0"],
         ["lxc", "start", "acme-cache"],
-        ["lxc", "exec", "acme-cache", "--", "systemctl", "is-system-running", "--wait"],
+        ["lxc", "exec", "acme-cache", "--", *botlxc.BOOT_WAIT],
         ["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT]]
 
 

@@ -84,7 +84,7 @@ def test_new_tenant_containers_only(calls, tmp_path):
     for component in ("tables", "drive", "cache"):
         name = "acme-" + component
         calls(["lxc", "start", name])
-        calls(["lxc", "exec", name, "--", "systemctl", "is-system-running", "--wait"])
+        calls(["lxc", "exec", name, "--", *botlxc.BOOT_WAIT])
         calls(["lxc", "exec", name, "--", *botlxc.NETWORK_WAIT])
 
     ports, failures = botlxc.up(botlxc.Runner(), spec)
@@ -149,7 +149,7 @@ def register_new_tenant(calls, spec, ca_file=None, dirs=True):
     for component in ("tables", "drive", "cache"):
         name = "acme-" + component
         calls(["lxc", "start", name])
-        calls(["lxc", "exec", name, "--", "systemctl", "is-system-running", "--wait"])
+        calls(["lxc", "exec", name, "--", *botlxc.BOOT_WAIT])
         calls(["lxc", "exec", name, "--", *botlxc.NETWORK_WAIT])
         if ca_file:
             calls(["lxc", "file", "push", str(ca_file),
@@ -305,15 +305,14 @@ def test_stopped_instance_is_started_not_recreated(calls, tmp_path):
     register_ready(calls, world)
     converged_reads(calls, spec, ["tables", "drive"])
     calls(["lxc", "start", "acme-cache"])
-    calls(["lxc", "exec", "acme-cache", "--", "systemctl", "is-system-running", "--wait"])
+    calls(["lxc", "exec", "acme-cache", "--", *botlxc.BOOT_WAIT])
     calls(["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT])
     converged_reads(calls, spec, ["cache"])
     runner = botlxc.Runner()
     assert botlxc.up(runner, spec)[1] == {}
     assert calls.made() == calls.expected
     assert argvs(runner) == [["lxc", "start", "acme-cache"],
-                             ["lxc", "exec", "acme-cache", "--", "systemctl",
-                              "is-system-running", "--wait"],
+                             ["lxc", "exec", "acme-cache", "--", *botlxc.BOOT_WAIT],
                              ["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT]]
 
 
@@ -332,7 +331,7 @@ def test_degraded_boot_counts_and_a_missing_lease_names_the_step(calls, tmp_path
     calls(["lxc", "config", "device", "add", "acme-cache", "port-6379", "proxy",
            "listen=tcp:127.0.0.1:6379", "connect=tcp:127.0.0.1:6379"])
     calls(["lxc", "start", "acme-cache"])
-    calls(["lxc", "exec", "acme-cache", "--", "systemctl", "is-system-running", "--wait"],
+    calls(["lxc", "exec", "acme-cache", "--", *botlxc.BOOT_WAIT],
           returncode=1, stdout="degraded\n")  # degraded still counts as booted
     calls(["lxc", "exec", "acme-cache", "--", *botlxc.NETWORK_WAIT], returncode=124)
     failures = botlxc.up(botlxc.Runner(), spec)[1]
@@ -553,7 +552,7 @@ def test_components_run_concurrently_each_in_its_own_order(calls, tmp_path):
     for component in spec.components:
         name = "acme-" + component
         sequence = [["lxc", "start", name],
-                    ["lxc", "exec", name, "--", "systemctl", "is-system-running", "--wait"],
+                    ["lxc", "exec", name, "--", *botlxc.BOOT_WAIT],
                     ["lxc", "exec", name, "--", *botlxc.NETWORK_WAIT]]
         for argv in sequence:
             calls(argv)

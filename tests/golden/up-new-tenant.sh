@@ -95,7 +95,7 @@ lxc config device add acme-cache port-6379 proxy listen=tcp:127.0.0.1:6379 conne
 lxc start acme-tables
 
 # wait until systemd in acme-tables has booted
-lxc exec acme-tables -- systemctl is-system-running --wait || true
+lxc exec acme-tables -- timeout 120 systemctl is-system-running --wait || true
 
 # wait for acme-tables's DHCP lease (default route)
 lxc exec acme-tables -- timeout 90 sh -c 'until ip -4 route show default | grep -q .; do sleep 1; done'
@@ -373,7 +373,7 @@ lxc config set acme-tables user.botlxc.installed 9e72f1cf9f351478
 lxc start acme-drive
 
 # wait until systemd in acme-drive has booted
-lxc exec acme-drive -- systemctl is-system-running --wait || true
+lxc exec acme-drive -- timeout 120 systemctl is-system-running --wait || true
 
 # wait for acme-drive's DHCP lease (default route)
 lxc exec acme-drive -- timeout 90 sh -c 'until ip -4 route show default | grep -q .; do sleep 1; done'
@@ -593,7 +593,7 @@ lxc config set acme-drive user.botlxc.installed bf9b6c462e150d8c
 lxc start acme-cache
 
 # wait until systemd in acme-cache has booted
-lxc exec acme-cache -- systemctl is-system-running --wait || true
+lxc exec acme-cache -- timeout 120 systemctl is-system-running --wait || true
 
 # wait for acme-cache's DHCP lease (default route)
 lxc exec acme-cache -- timeout 90 sh -c 'until ip -4 route show default | grep -q .; do sleep 1; done'
