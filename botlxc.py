@@ -2247,6 +2247,12 @@ def ensure_service(runner, spec, component, inst):
         lxc_exec(runner, name, ["flock", "-w", "900", INSTALL_LOCK, "true"],
                  why="let an install that an interrupted run left in %s finish" % name,
                  step=name + ": wait for an earlier install")
+    # Whatever lies where a file goes (a link or FIFO the container left on its conf mount,
+    # which outlives the container) is removed inside first: LXD would push through it, or
+    # fail on it for good.
+    lxc_exec(runner, name, ["rm", "-f", "--", SECRETS_IN, *[dest for dest, _, _ in files],
+                            *(["/usr/local/bin/minio"] if binary else [])],
+             why="clear the paths botlxc writes in %s" % name, step=name + ": push")
     lxc_file_push(runner, name, SECRETS_IN, "0600", "%s: secrets from the host's copy" % component,
                   source=str(master))
     for dest, mode, content in files:
@@ -3963,9 +3969,12 @@ def cmd_doctor(op, fix, as_json):
 
 def on_interrupt(signum, frame):
     """First Ctrl-C: start no new command, let the running one finish (killing apt or
-    initdb halfway is what leaves a container broken). A second one stops at once."""
+    initdb halfway is what leaves a container broken). A second one stops botlxc at once:
+    what runs in a container goes on there, in its own session, and the next run waits
+    for it."""
     if INTERRUPTED.is_set():
-        raise KeyboardInterrupt
+        say("stopped; what runs inside a container finishes there (the next run waits)")
+        os._exit(130)
     INTERRUPTED.set()
     say("interrupted: stopping after the running step (Ctrl-C again to stop at once)")
 

@@ -101,7 +101,15 @@ def pushes(name, component):
             for _template, dest, mode in botlxc.COMPONENTS[component].files]
 
 
+def clear_paths(name, component, binary=False):
+    """What is cleared inside before the pushes: a planted link must not make them fail."""
+    return ["lxc", "exec", name, "--", "rm", "-f", "--", "/etc/botlxc/secrets.env",
+            *[dest for _template, dest, _mode in botlxc.COMPONENTS[component].files],
+            *(["/usr/local/bin/minio"] if binary else [])]
+
+
 def push_secrets(calls, stack, name, component):
+    calls(clear_paths(name, component))
     calls(["lxc", "file", "push", "%s/.botlxc/secrets/%s.env" % (stack, component),
            name + "/etc/botlxc/secrets.env", "--create-dirs", "--mode", "0600"])
 

@@ -109,6 +109,9 @@ lxc exec acme-tables -- update-ca-certificates
 # remember which host CAs are in
 lxc config set acme-tables user.botlxc.host-ca e95ca4bf4e5b815f
 
+# clear the paths botlxc writes in acme-tables
+lxc exec acme-tables -- rm -f -- /etc/botlxc/secrets.env /usr/local/lib/botlxc/install.sh /usr/local/lib/botlxc/health.sh /etc/logrotate.d/botlxc /etc/systemd/system/tables.service /opt/gbo/conf/postgresql.conf /opt/gbo/conf/pg_hba.conf /opt/gbo/conf/pg_ident.conf
+
 # tables: secrets from the host's copy
 lxc file push /TMP/stack/.botlxc/secrets/tables.env acme-tables/etc/botlxc/secrets.env --create-dirs --mode 0600
 
@@ -387,6 +390,9 @@ lxc exec acme-drive -- update-ca-certificates
 # remember which host CAs are in
 lxc config set acme-drive user.botlxc.host-ca e95ca4bf4e5b815f
 
+# clear the paths botlxc writes in acme-drive
+lxc exec acme-drive -- rm -f -- /etc/botlxc/secrets.env /usr/local/lib/botlxc/install.sh /usr/local/lib/botlxc/health.sh /etc/logrotate.d/botlxc /etc/systemd/system/drive.service
+
 # drive: secrets from the host's copy
 lxc file push /TMP/stack/.botlxc/secrets/drive.env acme-drive/etc/botlxc/secrets.env --create-dirs --mode 0600
 
@@ -606,6 +612,9 @@ lxc exec acme-cache -- update-ca-certificates
 
 # remember which host CAs are in
 lxc config set acme-cache user.botlxc.host-ca e95ca4bf4e5b815f
+
+# clear the paths botlxc writes in acme-cache
+lxc exec acme-cache -- rm -f -- /etc/botlxc/secrets.env /usr/local/lib/botlxc/install.sh /usr/local/lib/botlxc/health.sh /etc/logrotate.d/botlxc /etc/systemd/system/cache.service /opt/gbo/conf/valkey.conf
 
 # cache: secrets from the host's copy
 lxc file push /TMP/stack/.botlxc/secrets/cache.env acme-cache/etc/botlxc/secrets.env --create-dirs --mode 0600
