@@ -2840,14 +2840,11 @@ def destroy(op, purge, stack_dir=None):
     mine = op.snapshot["mine"]
     stack = tenant_stack(op) if mine else Path(os.path.abspath(str(
         stack_dir or default_stack(op.tenant))))
+    lost = None
     if not mine:
         check_host_path(stack)
-        owner = stack_owner(stack)
-        if owner != op.tenant:
-            if purge:
-                raise BadInput("tenant %s has no containers and %s is not its stack; give "
-                               "its --stack-dir to purge its data" % (op.tenant, stack))
-            stack = None
+        if stack_owner(stack) != op.tenant:
+            lost, stack = stack, None
     for _, inst in sorted(mine.items(), key=lambda kv: catalogue_order(kv[0])):
         remove_instance(op.runner, inst)
 
@@ -2858,6 +2855,11 @@ def destroy(op, purge, stack_dir=None):
     remove_network(op.runner, op.tenant, ours("/1.0/networks?recursion=1"),
                    ours("/1.0/network-acls?recursion=1"))
     unset_schedule(op.runner, op.host, op.tenant)
+    if purge and stack is None:
+        # All else is gone; the data it cannot find it cannot purge: say so, exit 1.
+        raise BotlxcError("tenant %s's containers, network and schedule are gone, but %s is "
+                          "not its stack: give its --stack-dir to purge its data"
+                          % (op.tenant, lost))
     if purge:
         op.runner.change(["rm", "-rf", "--one-file-system", str(stack)],
                          "delete tenant %s's data, secrets and snapshots (--purge-data)"
