@@ -76,6 +76,9 @@ def test_each_container_has_ids_of_its_own(two_tenants):
         idmap = json.loads(config["volatile.idmap.current"])
         assert {e["Hostid"] for e in idmap} == {bases[name]}
     assert len(set(bases.values())) == 3
+    shown = lxc("config", "show", a + "-cache").stdout  # as an operator would look
+    assert 'security.idmap.isolated: "true"' in shown
+    assert 'security.privileged: "false"' in shown
     # a file the container's root writes is owned by that container's own base on the host
     lxc("exec", a + "-cache", "--", "sh", "-c", "echo x > /opt/gbo/data/mine")
     assert (a_stack / "cache/data/mine").stat().st_uid == bases[a + "-cache"]

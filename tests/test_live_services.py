@@ -89,6 +89,30 @@ def test_valkey_from_host(tenant):
         anonymous.set("x", "y")
 
 
+def test_valkey_application_user_has_no_admin_or_dangerous_commands(tenant):
+    _, stack, _ = tenant
+    client = valkey.Valkey.from_url(read_env(stack)["CACHE_URL"], socket_timeout=10)
+    assert client.set("session:1", "x") and client.get("session:1") == b"x"
+    assert client.expire("session:1", 60)
+    for command in (("CONFIG", "GET", "dir"), ("FLUSHALL",), ("DEBUG", "SLEEP", "0")):
+        with pytest.raises(valkey.exceptions.NoPermissionError):
+            client.execute_command(*command)
+    assert client.get("session:1") == b"x"  # FLUSHALL was refused
+
+
+def test_services_run_hardened(tenant):
+    name, _, _ = tenant
+    for component in ("tables", "drive", "cache"):
+        shown = lxc("exec", "%s-%s" % (name, component), "--", "systemctl", "show",
+                    component + ".service", "-p", "ActiveState", "-p", "NoNewPrivileges",
+                    "-p", "ProtectSystem", "-p", "ProtectHome", "-p", "PrivateTmp",
+                    "-p", "CapabilityBoundingSet").stdout
+        values = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        assert values == {"ActiveState": "active", "NoNewPrivileges": "yes",
+                          "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+                          "CapabilityBoundingSet": ""}, (component, values)
+
+
 def test_s3_from_host(tenant):
     _, stack, _ = tenant
     env = read_env(stack)

@@ -121,3 +121,23 @@ def test_installs_survive_an_earlier_run_killed_halfway(tmp_path, component, eng
         init = script.index('initdb" -D "$PGDATA.init"')
         assert script.index('rm -rf "$PGDATA.init"') < init < script.index(
             'mv "$PGDATA.init" "$PGDATA"')
+
+
+@pytest.mark.parametrize("component, engine", CASES)
+def test_units_run_with_least_privilege(tmp_path, component, engine):
+    files = {Path(dest).name: content for dest, _, content in
+             rendered(tmp_path, component, engine)}
+    unit = files[component + ".service"]
+    for line in ("NoNewPrivileges=true", "PrivateTmp=true", "ProtectHome=true",
+                 "ProtectSystem=strict", "ReadWritePaths=/opt/gbo/data /opt/gbo/logs",
+                 "CapabilityBoundingSet=\n"):
+        assert line in unit, (component, line)
+    assert unit.count("NoNewPrivileges") == 1  # once, from the common include
+    logrotate = files["botlxc"]
+    assert "su %s %s" % (botlxc.COMPONENTS[component].user,
+                         botlxc.COMPONENTS[component].user) in logrotate
+
+
+def test_the_cache_user_may_not_run_admin_or_dangerous_commands(tmp_path):
+    files = {Path(dest).name: content for dest, _, content in rendered(tmp_path, "cache", "")}
+    assert "user gbuser on #%s ~* &* +@all -@admin -@dangerous" in files["install.sh"]
