@@ -27,12 +27,16 @@ def isolated(world):
     return world
 
 
-def container_ok(calls, name, component):
+def mirror_reached(calls, name):
     calls(["lxc", "exec", name, "--", "getent", "hosts", "mirror.example.org"],
           stdout="203.0.113.80 mirror.example.org\n")
     calls(["lxc", "exec", name, "--", "timeout", "10", "perl", "-MIO::Socket::INET", "-e",
            "IO::Socket::INET->new(PeerAddr => $ARGV[0], Timeout => 8) or exit 1",
            "mirror.example.org:80"])
+
+
+def container_ok(calls, name, component):
+    mirror_reached(calls, name)
     calls(["lxc", "exec", name, "--", "sh", "/usr/local/lib/botlxc/health.sh"],
           stdout=component + ": ok\n")
 
@@ -104,11 +108,7 @@ def test_an_unhealthy_service_shows_its_journal_and_is_restarted(calls, tmp_path
     the_op = op(calls, world)
     calls(SS, stdout=ss_output({6379: ("lxd", 300)}))
     calls(ACLS, data=[{"name": "botlxc-acme"}])
-    calls(["lxc", "exec", "acme-cache", "--", "getent", "hosts", "mirror.example.org"],
-          stdout="203.0.113.80 mirror.example.org\n")
-    calls(["lxc", "exec", "acme-cache", "--", "timeout", "10", "perl", "-MIO::Socket::INET", "-e",
-           "IO::Socket::INET->new(PeerAddr => $ARGV[0], Timeout => 8) or exit 1",
-           "mirror.example.org:80"])
+    mirror_reached(calls, "acme-cache")
     calls(["lxc", "exec", "acme-cache", "--", "sh", "/usr/local/lib/botlxc/health.sh"],
           returncode=1, stdout="cache: PING got: Connection refused (cache.service inactive)\n")
     calls(["lxc", "exec", "acme-cache", "--", "journalctl", "-u", "cache", "-n", "5",

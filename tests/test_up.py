@@ -58,15 +58,13 @@ def argvs(runner):
 # ----------------------------------------------------------------------------- new tenant
 
 
-def test_new_tenant_containers_only(calls, tmp_path):
-    spec = make_spec(tmp_path, services=False)
-    S = str(tmp_path / "stack")
+def register_new_tenant_containers(calls, spec):
+    """What runs under the host lock for a new tenant: marker, dirs, containers, devices."""
+    S = str(spec.stack)
     register_ready(calls)
     marker(calls, S)
-    for nth, component in enumerate(("tables", "drive", "cache")):
+    for nth, component in enumerate(spec.components):
         host_dirs(calls, S, component, base(nth))
-    # Under the host lock: every container with ids of its own and the proxy devices that
-    # reserve its ports.
     for nth, (component, port) in enumerate((("tables", 5432), ("drive", 9000),
                                              ("cache", 6379))):
         name = "acme-" + component
@@ -80,6 +78,13 @@ def test_new_tenant_containers_only(calls, tmp_path):
                    "source=%s/%s/%s" % (S, component, which), "path=/opt/gbo/" + which])
         calls(["lxc", "config", "device", "add", name, "port-%d" % port, "proxy",
                "listen=tcp:127.0.0.1:%d" % port, "connect=tcp:127.0.0.1:%d" % port])
+
+
+def test_new_tenant_containers_only(calls, tmp_path):
+    spec = make_spec(tmp_path, services=False)
+    # Under the host lock: every container with ids of its own and the proxy devices that
+    # reserve its ports.
+    register_new_tenant_containers(calls, spec)
     # Then each one started and waited for.
     for component in ("tables", "drive", "cache"):
         name = "acme-" + component
@@ -573,28 +578,6 @@ def test_components_run_concurrently_each_in_its_own_order(calls, tmp_path):
     assert made[:prepared] == calls.expected[:prepared]
     for name, sequence in per_component.items():
         assert [argv for argv in made[prepared:] if name in argv] == sequence
-
-
-def register_new_tenant_containers(calls, spec):
-    """What runs under the host lock for a new tenant: marker, dirs, containers, devices."""
-    S = str(spec.stack)
-    register_ready(calls)
-    marker(calls, S)
-    for nth, component in enumerate(spec.components):
-        host_dirs(calls, S, component, base(nth))
-    for nth, (component, port) in enumerate((("tables", 5432), ("drive", 9000),
-                                             ("cache", 6379))):
-        name = "acme-" + component
-        calls(["lxc", "init", "botlxc/debian-12", name, "-c", "security.privileged=false",
-               "-c", "user.botlxc.tenant=acme", "-c", "user.botlxc.component=" + component,
-               "-c", "user.botlxc.version=" + V, "-c", "user.botlxc.stack=" + S]
-              + (["-c", "user.botlxc.engine=rclone"] if component == "drive" else [])
-              + PROTECTED + isolated(nth))
-        for which in ("data", "conf", "logs"):
-            calls(["lxc", "config", "device", "add", name, which, "disk",
-                   "source=%s/%s/%s" % (S, component, which), "path=/opt/gbo/" + which])
-        calls(["lxc", "config", "device", "add", name, "port-%d" % port, "proxy",
-               "listen=tcp:127.0.0.1:%d" % port, "connect=tcp:127.0.0.1:%d" % port])
 
 
 # ----------------------------------------------------------------------------- secrets
