@@ -97,8 +97,9 @@ NETWORK_WAIT = ["timeout", "90", "sh", "-c",
                 "until ip -4 route show default | grep -q .; do sleep 1; done"]
 #: Where rendered helper scripts live inside a container.
 LIB_DIR = "/usr/local/lib/botlxc"
-#: Where the LXD daemon logs when botlxc starts it without systemd.
+#: Where the LXD daemon logs when botlxc starts it without systemd, and its pid file.
 LXD_LOG = "/var/log/lxd/lxd.log"
+LXD_PIDFILE = "/run/botlxc-lxd.pid"
 #: Name of the bridge and pool botlxc creates on an uninitialised LXD.
 BRIDGE = "lxdbr0"
 POOL = "default"
@@ -1204,7 +1205,10 @@ def ensure_lxd_running(runner, world, facts):
         # No systemd as PID 1 (containers, CI sandboxes): run the daemon in the background.
         say("host: starting LXD (no systemd: background daemon, log %s)" % LXD_LOG)
         runner.change(["mkdir", "-p", os.path.dirname(LXD_LOG)], "directory for the LXD log")
+        # By pid file, not by executable: LXD's forkproxy helpers run /usr/bin/lxd too and
+        # outlive a stopped daemon, and matching them would start nothing.
         runner.change(["start-stop-daemon", "--start", "--background", "--oknodo",
+                       "--make-pidfile", "--pidfile", LXD_PIDFILE,
                        "--exec", facts.lxd or "/usr/bin/lxd", "--",
                        "--group", "root", "--logfile", LXD_LOG],
                       "start the LXD daemon in the background", step="start LXD")

@@ -15,8 +15,10 @@ APT_INSTALL = ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-
                "--no-install-recommends", "lxd", "lxd-client", "dnsmasq-base", "iptables",
                "debootstrap", "btrfs-progs"]
 LOG_DIR = ["mkdir", "-p", "/var/log/lxd"]
-START_DAEMON = ["start-stop-daemon", "--start", "--background", "--oknodo", "--exec",
-                "/usr/bin/lxd", "--", "--group", "root", "--logfile", "/var/log/lxd/lxd.log"]
+#: by pid file: LXD's forkproxy helpers run /usr/bin/lxd too and outlive a stopped daemon
+START_DAEMON = ["start-stop-daemon", "--start", "--background", "--oknodo", "--make-pidfile",
+                "--pidfile", "/run/botlxc-lxd.pid", "--exec", "/usr/bin/lxd", "--",
+                "--group", "root", "--logfile", "/var/log/lxd/lxd.log"]
 START_SYSTEMD = ["systemctl", "start", "lxd.socket", "lxd.service"]
 WAITREADY = ["lxd", "waitready", "--timeout", "120"]
 PRESEED = ["lxd", "init", "--preseed"]
