@@ -46,13 +46,21 @@ def op(calls, world):
     return botlxc.Op("acme", botlxc.Runner(), facts(sysctls={}))
 
 
-def test_a_healthy_tenant_is_all_ok(calls, tmp_path):
+def isolated_cache_tenant(calls, tmp_path, holder=("lxd", 300), status="Running"):
+    """Tenant acme with a cache on its own network, LXD fine; the reads up to its ports'
+    holders and the network rules. Returns the Op."""
     spec = make_spec(tmp_path, components=("cache",))
     world = isolated(up_world(spec))
+    world[0]["status"] = status
     host_ok(calls, [{"name": NET, "config": {"security.acls": "botlxc-acme"}}])
     the_op = op(calls, world)
-    calls(SS, stdout=ss_output({6379: ("lxd", 300)}))
+    calls(SS, stdout=ss_output({6379: holder}))
     calls(ACLS, data=[{"name": "botlxc-acme"}])
+    return the_op
+
+
+def test_a_healthy_tenant_is_all_ok(calls, tmp_path):
+    the_op = isolated_cache_tenant(calls, tmp_path)
     container_ok(calls, "acme-cache", "cache")
     checks = botlxc.doctor(the_op)
     assert calls.made() == calls.expected
@@ -84,13 +92,7 @@ def test_no_permission_on_the_socket_says_how_to_get_it(calls):
 
 
 def test_a_port_someone_else_holds_while_the_container_is_down(calls, tmp_path):
-    spec = make_spec(tmp_path, components=("cache",))
-    world = isolated(up_world(spec))
-    world[0]["status"] = "Stopped"
-    host_ok(calls, [{"name": NET, "config": {"security.acls": "botlxc-acme"}}])
-    the_op = op(calls, world)
-    calls(SS, stdout=ss_output({6379: ("redis-server", 4711)}))
-    calls(ACLS, data=[{"name": "botlxc-acme"}])
+    the_op = isolated_cache_tenant(calls, tmp_path, ("redis-server", 4711), "Stopped")
     calls(["lxc", "info", "acme-cache", "--show-log"],
           stdout="lxc acme-cache 2026 ERROR    proxy - Failed to listen on 127.0.0.1:6379\n")
     checks = {c.name: c for c in botlxc.doctor(the_op)}
@@ -102,12 +104,7 @@ def test_a_port_someone_else_holds_while_the_container_is_down(calls, tmp_path):
 
 
 def test_an_unhealthy_service_shows_its_journal_and_is_restarted(calls, tmp_path):
-    spec = make_spec(tmp_path, components=("cache",))
-    world = isolated(up_world(spec))
-    host_ok(calls, [{"name": NET, "config": {"security.acls": "botlxc-acme"}}])
-    the_op = op(calls, world)
-    calls(SS, stdout=ss_output({6379: ("lxd", 300)}))
-    calls(ACLS, data=[{"name": "botlxc-acme"}])
+    the_op = isolated_cache_tenant(calls, tmp_path)
     mirror_reached(calls, "acme-cache")
     calls(["lxc", "exec", "acme-cache", "--", "sh", "/usr/local/lib/botlxc/health.sh"],
           returncode=1, stdout="cache: PING got: Connection refused (cache.service inactive)\n")
