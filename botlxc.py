@@ -110,6 +110,8 @@ STATE_DIR = ".botlxc"
 SECRETS_IN = "/etc/botlxc/secrets.env"
 #: Where botlxc < 0.3 kept secrets: on the conf mount, where the container can plant links.
 LEGACY_SECRETS = "secrets.env"
+#: Where a restore copies a component's dirs before swapping them in (beside the live ones).
+RESTORING = ".restoring"
 #: The most botlxc reads of any file in a stack: a larger one is not a file botlxc wrote.
 MAX_READ = 64 * 1024
 #: Host certificates copied into containers so HTTPS through an intercepting proxy works.
@@ -1686,7 +1688,7 @@ def ensure_host_dirs(runner, spec, component, owner, inst=None):
     dirs = [host_dir(spec, component, d) for d in HOST_DIRS]
     found = {d: lstat_or_none(d) for d in dirs}
     missing = [str(d) for d, st in found.items() if st is None]
-    staged = host_dir(spec, component) / ".restoring"
+    staged = host_dir(spec, component) / RESTORING
     if missing and lstat_or_none(staged) is not None:
         # Never an empty data dir (and a fresh initdb) over a restore cut short.
         raise BotlxcError("%s is missing but a restore was cut short: its data is in %s and "
@@ -2686,10 +2688,6 @@ def list_snapshots(op, components=()):
     return dict(sorted(rows.items()))
 
 
-#: Where a restore copies a component's dirs before swapping them in (beside the live ones).
-RESTORING = ".restoring"
-
-
 def restore_snapshot(runner, stack, pairs, name, known=False):
     """Both parts back: the containers stopped, the snapshot's host dirs copied beside the
     live ones, then the root filesystems restored and the dirs swapped in by renames (the
@@ -2988,16 +2986,13 @@ def port_rows(op):
     """[{component, name, host_port, container_port, listen, pinned}] of the tenant."""
     rows = []
     for comp, inst in chosen(op):
-        by_connect = {}
-        for props in (inst.get("devices") or {}).values():
-            if props.get("type") == "proxy":
-                with contextlib.suppress(ValueError, IndexError, KeyError):
-                    listen, _, port = props["listen"][len("tcp:"):].rpartition(":")
-                    by_connect[int(props["connect"].rsplit(":", 1)[1])] = (listen, int(port))
+        devices = inst.get("devices") or {}
+        by_connect = {cp: (device, lp) for device, (lp, cp) in proxy_ports(inst).items()}
         for port in COMPONENTS[comp].ports_for(labels(inst).get("engine", "")) \
                 if comp in COMPONENTS else ():
             if port.port in by_connect:
-                listen, host_port = by_connect[port.port]
+                device, host_port = by_connect[port.port]
+                listen = devices[device]["listen"][len("tcp:"):].rpartition(":")[0]
                 rows.append({"component": comp, "name": port.name, "host_port": host_port,
                              "container_port": port.port, "listen": listen.strip("[]"),
                              "pinned": port.name in pinned_ports(inst)})
