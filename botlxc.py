@@ -207,6 +207,8 @@ class Action:
     ok_codes: tuple = (0,)
     #: done in-process (secrets); argv is the botlxc command that does the same by hand
     in_process: bool = False
+    #: a host file that gets the command's stdout (a backup's stream)
+    stdout: str = None
 
 
 #: Set by the SIGINT handler: the Runner then starts no new command (threads stop at
@@ -245,6 +247,25 @@ class Runner:
             raise CommandFailed(argv, proc.returncode, proc.stderr, step)
         return proc
 
+    def to_file(self, argv, path, why, step=""):
+        """A change whose stdout goes to path, a new 0600 file (never through a link), e.g. a
+        backup streamed out of a container; the file is removed if the command fails."""
+        with self._lock:
+            self.actions.append(Action(list(argv), why, stdout=str(path)))
+        if self.dry_run:
+            return None
+        debug("change: %s > %s" % (shlex.join(argv), path))
+        fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)
+        try:
+            proc = self._exec(argv, check=False, step=step, stdout=fd)
+        finally:
+            os.close(fd)
+        if proc.returncode != 0:
+            os.unlink(str(path))
+            raise CommandFailed(argv, proc.returncode, proc.stderr, step)
+        return proc
+
     def jobs(self, wanted):
         """How many steps may run at once: one in a dry run, so the runbook reads in order."""
         return 1 if self.dry_run else max(1, wanted)
@@ -269,14 +290,17 @@ class Runner:
         debug("attach: " + shlex.join(argv))
         return self._exec(argv, check=False, attached=True).returncode
 
-    def _exec(self, argv, input=None, check=True, step="", attached=False, always=False):
+    def _exec(self, argv, input=None, check=True, step="", attached=False, always=False,
+              stdout=None):
         if INTERRUPTED.is_set() and not always:
             raise Interrupted("interrupted before: %s" % shlex.join(argv))
+        pipes = {} if attached else {"stdout": subprocess.PIPE if stdout is None else stdout,
+                                     "stderr": subprocess.PIPE}
         try:
             # Captured commands get a session of their own: the terminal's Ctrl-C reaches
             # botlxc only, never an `lxc exec` that would forward it to apt or initdb.
-            proc = subprocess.run(argv, input=input, capture_output=not attached, text=True,
-                                  start_new_session=not attached)
+            proc = subprocess.run(argv, input=input, text=True, start_new_session=not attached,
+                                  **pipes)
         except FileNotFoundError:
             if check:
                 raise CommandFailed(argv, 127, "%s: command not found" % argv[0], step) from None
@@ -296,7 +320,9 @@ class Runner:
             command = shlex.join(action.argv)
             if action.ok_codes != (0,):
                 command += " || true"  # e.g. systemd "degraded" (1) still counts as booted
-            if action.input is None:
+            if action.stdout is not None:
+                lines.append("%s > %s" % (command, shlex.quote(action.stdout)))
+            elif action.input is None:
                 lines.append(command)
             elif action.input.endswith("\n") and "\nBOTLXC_EOF\n" not in "\n" + action.input:
                 lines.append(command + " <<'BOTLXC_EOF'")
@@ -508,6 +534,11 @@ class Component:
 #: Every component's files; a template name with a "/" is relative to templates/ itself.
 _SCRIPTS = (("install.sh.j2", LIB_DIR + "/install.sh", "0755"),
             ("health.sh.j2", LIB_DIR + "/health.sh", "0755"),
+            # backup.sh: a tar stream on stdout; restore.sh: applies <LIB_DIR>/restore/<c>.tar;
+            # counts.sh: "NAME<TAB>COUNT" lines a restore or migration is checked with
+            ("backup.sh.j2", LIB_DIR + "/backup.sh", "0755"),
+            ("restore.sh.j2", LIB_DIR + "/restore.sh", "0755"),
+            ("counts.sh.j2", LIB_DIR + "/counts.sh", "0755"),
             ("common/botlxc.logrotate.j2", "/etc/logrotate.d/botlxc", "0644"))
 
 COMPONENTS = {
@@ -520,6 +551,8 @@ COMPONENTS = {
             ("postgresql.conf.j2", MOUNT_ROOT + "/conf/postgresql.conf", "0644"),
             ("pg_hba.conf.j2", MOUNT_ROOT + "/conf/pg_hba.conf", "0644"),
             ("pg_ident.conf.j2", MOUNT_ROOT + "/conf/pg_ident.conf", "0644"),
+            # optional for any component: `backup verify` test-restores the bundle with it
+            ("verify.sh.j2", LIB_DIR + "/verify.sh", "0755"),
         ),
         secrets=("TABLES_PASSWORD",),
         env=("DATABASE_URL=postgres://gbuser:{TABLES_PASSWORD}@{host}:{port_pg}/botserver",),
@@ -2187,7 +2220,7 @@ def render_files(spec, component):
     engine = spec.engine_of(component)
     ctx = {"tenant": spec.tenant, "component": component, "engine": engine,
            "ports": {p.name: p.port for p in comp.ports_for(engine)}, "secrets_in": SECRETS_IN,
-           "user": comp.user}
+           "user": comp.user, "lib_dir": LIB_DIR}
     return [(dest, mode, render(template if "/" in template else
                                 "components/%s/%s" % (component, template), **ctx))
             for template, dest, mode in comp.files]
@@ -2765,18 +2798,22 @@ SCHEDULES = {"hourly": ("7 * * * *", "hourly"), "daily": ("17 3 * * *", "*-*-* 0
              "weekly": ("17 3 * * 0", "Sun *-*-* 03:17:00")}
 
 
-def schedule_files(facts, tenant):
-    """The files a snapshot schedule is made of: a cron.d line, or a systemd timer + unit."""
-    base = "botlxc-snapshot-" + tenant
+#: What a schedule runs: the botlxc arguments of each kind (the tenant and --keep follow).
+SCHEDULED = {"snapshot": ("snapshot", "create"), "backup": ("backup",)}
+
+
+def schedule_files(facts, tenant, kind="snapshot"):
+    """The files a schedule is made of: a cron.d line, or a systemd timer + unit."""
+    base = "botlxc-%s-%s" % (kind, tenant)
     if facts.systemd:
         return [Path("/etc/systemd/system") / (base + ".timer"),
                 Path("/etc/systemd/system") / (base + ".service")]
     return [Path("/etc/cron.d") / base]
 
 
-def snapshot_schedule(facts, tenant):
-    """A one-line description of the tenant's snapshot schedule, or None."""
-    files = schedule_files(facts, tenant)
+def schedule_of(facts, tenant, kind="snapshot"):
+    """A one-line description of the tenant's schedule of that kind, or None."""
+    files = schedule_files(facts, tenant, kind)
     text = read_file(files[0], 4096)
     if text is None:
         return None
@@ -2797,43 +2834,44 @@ def check_runs_as_root(argv):
             raise BadInput("refusing to schedule %s as root: other users can change it" % item)
 
 
-def set_schedule(runner, facts, tenant, every, keep):
+def set_schedule(runner, facts, tenant, every, keep, kind="snapshot", extra=()):
     check_runs_as_root(self_argv())
-    files = schedule_files(facts, tenant)
-    command = shlex.join(self_argv() + ["snapshot", "create", "--tenant", tenant,
-                                        "--keep", str(keep)])
-    step = "snapshot schedule"
+    files = schedule_files(facts, tenant, kind)
+    command = shlex.join(self_argv() + list(SCHEDULED[kind]) + [
+        "--tenant", tenant, "--keep", str(keep), *extra])
+    step = kind + " schedule"
+    what = "snapshots (data and containers)" if kind == "snapshot" else "backups"
     if facts.systemd:
         timer, service = files
         contents = {
-            service: "[Unit]\nDescription=botlxc snapshot of tenant %s\n\n[Service]\n"
-                     "Type=oneshot\nExecStart=%s\n" % (tenant, command),
-            timer: "[Unit]\nDescription=botlxc snapshots of tenant %s, %s\n\n[Timer]\n"
+            service: "[Unit]\nDescription=botlxc %s of tenant %s\n\n[Service]\n"
+                     "Type=oneshot\nExecStart=%s\n" % (kind, tenant, command),
+            timer: "[Unit]\nDescription=botlxc %s of tenant %s, %s\n\n[Timer]\n"
                    "OnCalendar=%s\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n"
-                   % (tenant, every, SCHEDULES[every][1])}
+                   % (what, tenant, every, SCHEDULES[every][1])}
         for path in (service, timer):
             runner.change(["install", "-m", "0644", "/dev/stdin", str(path)],
-                          "snapshot schedule: %s" % path.name, input=contents[path], step=step)
+                          "%s: %s" % (step, path.name), input=contents[path], step=step)
         runner.change(["systemctl", "daemon-reload"], "systemd reads the timer", step=step)
         runner.change(["systemctl", "enable", "--now", timer.name], "start the timer",
                       step=step)
     else:
-        line = "%s root %s >>/var/log/botlxc-snapshot-%s.log 2>&1\n" % (
-            SCHEDULES[every][0], command, tenant)
+        line = "%s root %s >>/var/log/botlxc-%s-%s.log 2>&1\n" % (
+            SCHEDULES[every][0], command, kind, tenant)
         runner.change(["install", "-m", "0644", "/dev/stdin", str(files[0])],
-                      "snapshot schedule (cron): %s" % every,
-                      input="# botlxc: snapshots of tenant %s, %s (data and containers)\n%s"
-                      % (tenant, every, line), step=step)
+                      "%s (cron): %s" % (step, every),
+                      input="# botlxc: %s of tenant %s, %s\n%s" % (what, tenant, every, line),
+                      step=step)
 
 
-def unset_schedule(runner, facts, tenant):
-    files = [p for p in schedule_files(facts, tenant) if lstat_or_none(p) is not None]
+def unset_schedule(runner, facts, tenant, kind="snapshot"):
+    files = [p for p in schedule_files(facts, tenant, kind) if lstat_or_none(p) is not None]
     if facts.systemd and files:
         runner.change(["systemctl", "disable", "--now", files[0].name], "stop the timer",
-                      step="snapshot schedule")
+                      step=kind + " schedule")
     if files:
-        runner.change(["rm", "-f", *map(str, files)], "no snapshot schedule",
-                      step="snapshot schedule")
+        runner.change(["rm", "-f", *map(str, files)], "no %s schedule" % kind,
+                      step=kind + " schedule")
 
 
 def destroy(op, purge, stack_dir=None):
@@ -2856,7 +2894,8 @@ def destroy(op, purge, stack_dir=None):
 
     remove_network(op.runner, op.tenant, ours("/1.0/networks?recursion=1"),
                    ours("/1.0/network-acls?recursion=1"))
-    unset_schedule(op.runner, op.host, op.tenant)
+    for kind in SCHEDULED:
+        unset_schedule(op.runner, op.host, op.tenant, kind)
     if purge and stack is None:
         # All else is gone; the data it cannot find it cannot purge: say so, exit 1.
         raise BotlxcError("tenant %s's containers, network and schedule are gone, but %s is "
@@ -3115,6 +3154,295 @@ def clone_tenant(op, to, stack_dir):
         say("tenant %s cloned from %s: data in %s, ports %s; its .env has its own secrets"
             % (to, op.tenant, target, ", ".join("%s.%s=%d" % (c, p, hp)
                                                 for (c, p), hp in sorted(ports.items()))))
+
+
+# ---- backups: bundles that leave the host, and come back (restore, verify)
+
+#: Where `backup` writes unless --to says otherwise (Debian's place for backups).
+BACKUP_ROOT = "/var/backups/botlxc"
+#: The bundle's table of contents, and the sums of every file in sha256sum's format.
+MANIFEST, SUMS = "manifest.json", "SHA256SUMS"
+BUNDLE_FORMAT = 1
+#: A line of counts.sh/backup.sh output: a name and a count (the container's text, checked).
+_COUNT_RE = re.compile(r"([^\t\n]{1,200})\t([0-9]{1,18})")
+_BUNDLE_FILE_RE = re.compile(r"[a-z][a-z0-9-]*\.(tar|secrets)")
+
+
+def bundle_re(tenant):
+    return re.compile(re.escape(tenant) + r"-[0-9]{8}-[0-9]{6}")
+
+
+def parse_counts(text, where):
+    """{name: count} from a container's "NAME<TAB>COUNT" lines: untrusted, so checked."""
+    lines = (text or "").splitlines()
+    if len(lines) > 100000:
+        raise BotlxcError("%s: more than 100000 counts lines" % where)
+    counts = {}
+    for line in lines:
+        match = _COUNT_RE.fullmatch(line)
+        if not match:
+            raise BotlxcError("%s: not a counts line: %r" % (where, line[:80]))
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def last_words(proc):
+    """The last line a failed command said, or its exit code."""
+    return (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]
+
+
+def live_counts(runner, name):
+    proc = lxc_exec(runner, name, ["sh", LIB_DIR + "/counts.sh"], step=name + ": counts")
+    if proc.returncode != 0:
+        raise BotlxcError("%s: counting failed: %s" % (name, last_words(proc)))
+    return parse_counts(proc.stdout, name)
+
+
+def count_differences(want, got):
+    """["rows:public.t 3 != 5", ...]: what differs between two {name: count}."""
+    return ["%s %s != %s" % (key, want.get(key, "absent"), got.get(key, "absent"))
+            for key in sorted(set(want) | set(got)) if want.get(key) != got.get(key)]
+
+
+def serving(op, pairs, what):
+    idle = [inst["name"] for _, inst in pairs
+            if inst.get("status") != "Running" or not installed(inst)]
+    if idle:
+        raise BotlxcError("%s: %s %s not serving (botlxc start / botlxc up first)"
+                          % (what, ", ".join(idle), "is" if len(idle) == 1 else "are"))
+
+
+def take_backup(op, to, keep=None):
+    """One bundle <to>/<tenant>-<stamp>/: per component a tar streamed out of its container
+    while it serves (see its backup.sh) and its secrets; a manifest; SHA256SUMS. Written as
+    <name>.partial and renamed when complete. Returns the bundle's path."""
+    stack, pairs = tenant_stack(op), chosen(op)
+    serving(op, pairs, "backup")
+    root = check_host_path(Path(to), "--to")
+    final = root / ("%s-%s" % (op.tenant, stamp()))
+    partial = final.with_name(final.name + ".partial")
+    step = "backup"
+    op.runner.change(["install", "-d", "-m", "0700", str(root), str(partial)],
+                     "a root-only dir for the bundle", step=step)
+    components = {}
+    try:
+        for comp, inst in pairs:
+            name = inst["name"]
+            op.runner.to_file(["lxc", "exec", name, "--", "sh", LIB_DIR + "/backup.sh"],
+                              partial / (comp + ".tar"),
+                              "%s: a consistent backup while it serves (see its backup.sh)"
+                              % comp, step=name + ": backup")
+            op.runner.change(["install", "-m", "0600", str(secrets_master(
+                Spec(op.tenant, (), stack), comp)), str(partial / (comp + ".secrets"))],
+                "%s: its secrets (the bundle is root's, 0600)" % comp, step=step)
+            counted = lxc_exec(op.runner, name, ["cat", LIB_DIR + "/backup.counts"],
+                               step=name + ": backup")
+            components[comp] = {
+                "engine": labels(inst).get("engine") or "", "summary": COMPONENTS[comp].summary,
+                "counts": parse_counts(counted.stdout, name) if not op.runner.dry_run else {}}
+
+        def write_manifest():
+            files = {}
+            for entry in sorted(os.listdir(str(partial))):
+                path = partial / entry
+                files[entry] = {"size": os.lstat(str(path)).st_size,
+                                "sha256": file_sha256(path)}
+            manifest = {"format": BUNDLE_FORMAT, "botlxc": VERSION, "tenant": op.tenant,
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                        "stack": str(stack), "components": components, "files": files}
+            write_private(partial / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True)
+                          + "\n")
+            sums = dict(files, **{MANIFEST: {"sha256": file_sha256(partial / MANIFEST)}})
+            write_private(partial / SUMS, "".join("%s  %s\n" % (v["sha256"], k)
+                                                  for k, v in sorted(sums.items())))
+
+        op.runner.local(["sha256sum", "--", str(partial / "*")],
+                        "write manifest.json (versions, counts, sizes, sums) and SHA256SUMS",
+                        write_manifest)
+        op.runner.change(["mv", "--no-target-directory", str(partial), str(final)],
+                         "the bundle is complete", step=step)
+    except BaseException:
+        op.runner.change(["rm", "-rf", "--one-file-system", str(partial)],
+                         "remove the incomplete bundle", always=True, step=step)
+        raise
+    if keep is not None:
+        prune_backups(op, root, keep, final.name)
+    return final
+
+
+def list_bundles(root, tenant):
+    """The tenant's complete bundles in root, oldest first (names only: stamps sort)."""
+    if lstat_or_none(root) is None:
+        return []
+    pattern = bundle_re(tenant)
+    return sorted(entry for entry in os.listdir(str(root)) if pattern.fullmatch(entry)
+                  and stat.S_ISDIR(os.lstat(str(root / entry)).st_mode))
+
+
+def prune_backups(op, root, keep, newest=None):
+    bundles = sorted(set(list_bundles(root, op.tenant)) | ({newest} if newest else set()))
+    for old in bundles[:max(0, len(bundles) - keep)]:
+        op.runner.change(["rm", "-rf", "--one-file-system", str(root / old)],
+                         "keep the newest %d backups of %s" % (keep, op.tenant),
+                         step="backup --keep")
+
+
+def load_bundle(path):
+    """A bundle's manifest, once every file's size and sum match it (exit 1 naming the
+    first that does not). Nothing in a bundle is trusted before that."""
+    bundle = check_host_path(Path(path), "bundle")
+    if lstat_or_none(bundle) is None:
+        raise BadInput("no bundle at %s" % bundle)
+    try:
+        sums = read_file(bundle / SUMS, MAX_READ)
+        manifest = json.loads(read_file(bundle / MANIFEST, 16 * MAX_READ) or "null")
+    except ValueError as exc:
+        raise BotlxcError("bundle %s: %s is damaged (%s)" % (bundle, MANIFEST, exc)) from None
+    if sums is None or not isinstance(manifest, dict):
+        raise BotlxcError("bundle %s: no %s or %s: not a botlxc backup"
+                          % (bundle, MANIFEST, SUMS))
+    listed = dict(line.split("  ", 1)[::-1] for line in sums.splitlines() if "  " in line)
+    if listed.get(MANIFEST) != file_sha256(bundle / MANIFEST):
+        raise BotlxcError("bundle %s: %s does not match its sum in %s (changed or damaged)"
+                          % (bundle, MANIFEST, SUMS))
+    if manifest.get("format") != BUNDLE_FORMAT:
+        raise BotlxcError("bundle %s: format %r; this botlxc reads format %d"
+                          % (bundle, manifest.get("format"), BUNDLE_FORMAT))
+    validate_tenant(manifest.get("tenant"))
+    components, files = manifest.get("components") or {}, manifest.get("files") or {}
+    unknown = [c for c in components if c not in COMPONENTS]
+    if unknown or not components:
+        raise BotlxcError("bundle %s: components %s are not botlxc's" % (bundle, unknown))
+    for comp in components:
+        for name in (comp + ".tar", comp + ".secrets"):
+            if name not in files:
+                raise BotlxcError("bundle %s: %s is missing from the manifest" % (bundle, name))
+    for name, entry in sorted(files.items()):
+        path = bundle / name
+        st = lstat_or_none(path)
+        if not _BUNDLE_FILE_RE.fullmatch(name) or st is None or not stat.S_ISREG(st.st_mode):
+            raise BotlxcError("bundle %s: %s is missing or not a regular file" % (bundle, name))
+        if st.st_size != entry.get("size") or file_sha256(path) != entry.get("sha256") \
+                or listed.get(name) != entry.get("sha256"):
+            raise BotlxcError("bundle %s: %s does not match its sum in the manifest (changed "
+                              "or damaged)" % (bundle, name))
+    manifest["path"] = bundle
+    return manifest
+
+
+def push_bundle_file(runner, name, bundle, comp):
+    dest = "%s/restore/%s.tar" % (LIB_DIR, comp)
+    lxc_exec(runner, name, ["rm", "-f", "--", dest], why="clear the path of the upload",
+             step=name + ": upload")
+    lxc_file_push(runner, name, dest, "0600", "%s: the bundle's data" % comp,
+                  source=str(bundle / (comp + ".tar")))
+
+
+def verify_bundle(op, path):
+    """Every sum, then each component that has a verify.sh test-restores its part in the
+    tenant's container (PostgreSQL: into a scratch database) and its counts must match."""
+    manifest = load_bundle(path)
+    bundle = manifest["path"]
+    checked = []
+    for comp, info in manifest["components"].items():
+        if not any(t == "verify.sh.j2" for t, _, _ in COMPONENTS[comp].files):
+            continue
+        pairs = chosen(op, [comp])
+        serving(op, pairs, "backup verify")
+        name = pairs[0][1]["name"]
+        push_bundle_file(op.runner, name, bundle, comp)
+        try:
+            proc = lxc_exec(op.runner, name, ["sh", LIB_DIR + "/verify.sh"],
+                            why="%s: restore the bundle's data into a scratch copy, count it, "
+                                "drop it" % comp, step=name + ": verify", ok_codes=(0, 1, 2))
+        finally:
+            lxc_exec(op.runner, name, ["rm", "-f", "--", "%s/restore/%s.tar" % (LIB_DIR, comp)],
+                     why="remove the upload", step=name + ": verify")
+        if op.runner.dry_run:
+            continue
+        if proc.returncode != 0:
+            raise BotlxcError("bundle %s: %s.tar does not restore: %s"
+                              % (bundle, comp, last_words(proc)))
+        differ = count_differences(info.get("counts") or {}, parse_counts(proc.stdout, name))
+        if differ:
+            raise BotlxcError("bundle %s: %s.tar restores with other counts than it was "
+                              "taken with: %s" % (bundle, comp, "; ".join(differ[:10])))
+        checked.append(comp)
+    return manifest, checked
+
+
+def holds_data(op, pairs):
+    """{container: why} for the tenant's containers that hold data (or cannot tell)."""
+    found = {}
+    for _, inst in pairs:
+        if inst.get("status") != "Running" or not installed(inst):
+            found[inst["name"]] = "not serving, so its data cannot be counted"
+            continue
+        counts = {k: v for k, v in live_counts(op.runner, inst["name"]).items() if v}
+        if counts:
+            found[inst["name"]] = ", ".join("%s %d" % kv for kv in sorted(counts.items())[:4])
+    return found
+
+
+def restore_bundle(op, path, force, stack_dir=None):
+    """A bundle into this tenant, brought up if it is not. The tenant then serves the
+    bundle's data with the bundle's credentials (.env as they were, ports its own)."""
+    manifest = load_bundle(path)
+    bundle, wanted = manifest["path"], manifest["components"]
+    comps = tuple(sorted(wanted, key=catalogue_order))
+    mine = op.snapshot["mine"]
+    if mine:
+        full = holds_data(op, chosen(op, [c for c in comps if c in mine]))
+        if full and not force:
+            held = "; ".join("%s: %s" % kv for kv in sorted(full.items()))
+            raise BadInput("tenant %s holds data (%s): --force replaces it, after a snapshot "
+                           "of it" % (op.tenant, held))
+        if full:
+            say("kept the data being replaced in snapshot %s" % create_snapshot(
+                op, "before-restore-" + stamp(), ()))
+    engines = {c: i.get("engine") for c, i in wanted.items() if i.get("engine")}
+    if mine:
+        spec = same_as(op, next(iter(mine.values())), components=comps)
+    else:
+        spec = Spec(tenant=op.tenant, components=comps, stack=stack_dir, host=op.host,
+                    engine=engines.get("drive", "rclone"))
+    converge(op, spec)
+    op._snapshot = None
+    spec.stack = tenant_stack(op)
+    pairs = chosen(op, comps)
+
+    def adopt_secrets():  # the bundle's, re-written with this host's pip index
+        for comp in comps:
+            keys = COMPONENTS[comp].secrets
+            values = parse_secrets(read_file(bundle / (comp + ".secrets")), keys)
+            if set(values) != set(keys):
+                raise BotlxcError("bundle %s: %s.secrets lacks %s" % (
+                    bundle, comp, ", ".join(sorted(set(keys) - set(values)))))
+            write_private(secrets_master(spec, comp), secrets_text(
+                values, spec.host.pip_index_url if COMPONENTS[comp].pip else ""))
+
+    op.runner.local(self_argv() + ["restore", str(bundle), "--tenant", op.tenant],
+                    "the bundle's secrets become the tenant's (host copies, 0600)",
+                    adopt_secrets)
+    ensure_secrets(op.runner, spec, existing_ports(spec, op.snapshot), self_argv())
+    for comp, inst in pairs:
+        name = inst["name"]
+        push_bundle_file(op.runner, name, bundle, comp)
+        lxc_exec(op.runner, name, ["sh", LIB_DIR + "/restore.sh"],
+                 why="%s: replace its data with the bundle's" % comp, step=name + ": restore")
+        # the install applies the bundle's secrets (passwords, ACL) and waits for health
+        ensure_service(op.runner, spec, comp, dict(inst, config=dict(
+            inst.get("config") or {}, **{LABEL + "installed": ""})))
+    if op.runner.dry_run:
+        return bundle
+    differ = {inst["name"]: count_differences(wanted[comp].get("counts") or {},
+                                              live_counts(op.runner, inst["name"]))
+              for comp, inst in pairs}
+    differ = {k: v for k, v in differ.items() if v}
+    if differ:
+        raise BotlxcError("restored, but the counts differ from the bundle's: %s" % "; ".join(
+            "%s: %s" % (name, ", ".join(d[:5])) for name, d in sorted(differ.items())))
+    return bundle
 
 
 def human(size):
@@ -3613,9 +3941,10 @@ def cmd_status(op, as_json, no_health):
                                       % tenant_acl(op.tenant)
                                       if network == tenant_network(op.tenant) else
                                       " (shared with other tenants: --shared-network)"))
-    schedule = snapshot_schedule(op.host, op.tenant)
-    if schedule:
-        click.echo("snapshots: " + schedule)
+    for kind in SCHEDULED:
+        schedule = schedule_of(op.host, op.tenant, kind)
+        if schedule:
+            click.echo("%ss: %s" % (kind, schedule))
 
 
 @tenant_command("down", check=lambda components: dict(
@@ -3843,6 +4172,86 @@ def cmd_clone(op, to, stack_dir):
     """A new tenant from a snapshot of this one: its own copy of the data, its own ports,
     .env and new passwords."""
     clone_tenant(op, to, stack_dir)
+
+
+@cli.group("backup", invoke_without_command=True)
+@tenant_option
+@click.option("--to", "to", default=BACKUP_ROOT, show_default=True,
+              help="Dir the bundle goes in (as <tenant>-<YYYYmmdd-HHMMSS>/).")
+@click.option("--keep", type=click.IntRange(1, 10000),
+              help="Then keep only the newest N bundles of this tenant in that dir.")
+@dry_run_option
+@wait_option
+@click.pass_context
+def cmd_backup(ctx, tenant, to, keep, dry_run, wait):
+    """Back the tenant up while it serves: PostgreSQL dump and roles, Valkey BGSAVE, the
+    drive's objects, every conf and secret, a manifest with counts and sums. Prints the
+    bundle's path last. `backup verify` and `backup schedule` are below."""
+    if ctx.invoked_subcommand:
+        return
+    to = validate_path(to, "--to")
+    path = run_op("backup", lambda op: take_backup(op, to, keep), tenant, {},
+                  dry_run=dry_run, wait=wait)
+    if not dry_run:
+        click.echo(str(path))
+
+
+@tenant_command("verify", group=cmd_backup, changes=False,
+                check=lambda bundle: dict(bundle=validate_path(bundle, "BUNDLE")))
+@click.argument("bundle")
+def cmd_backup_verify(op, bundle):
+    """Check every sum of BUNDLE and test-restore its PostgreSQL dump into a scratch
+    database in the tenant's tables container (-t: the tenant whose container to use)."""
+    manifest, checked = verify_bundle(op, bundle)
+    say("bundle %s: %d files match their sums%s" % (
+        manifest["path"], len(manifest["files"]) + 1,
+        "; test-restored with matching counts: " + ", ".join(checked) if checked else ""))
+
+
+@tenant_command("schedule", group=cmd_backup, check=lambda every, keep, off, to: dict(
+    check_schedule(every, keep, off), to=validate_path(to, "--to")))
+@click.option("--every", type=click.Choice(sorted(SCHEDULES)))
+@click.option("--keep", type=click.IntRange(1, 10000))
+@click.option("--off", is_flag=True, help="No more scheduled backups.")
+@click.option("--to", "to", default=BACKUP_ROOT, show_default=True, help="Where they go.")
+def cmd_backup_schedule(op, every, keep, off, to):
+    """Back up on a schedule, keeping the newest N: a systemd timer, else /etc/cron.d."""
+    tenant_stack(op)  # a tenant with containers
+    if off:
+        unset_schedule(op.runner, op.host, op.tenant, "backup")
+    else:
+        check_host_path(Path(to), "--to")
+        set_schedule(op.runner, op.host, op.tenant, every, keep, "backup",
+                     ["--to", os.path.abspath(to)])
+
+
+@cli.command("restore")
+@click.argument("bundle")
+@click.option("--tenant", "-t", help="Restore into this tenant (default: the bundle's own).")
+@click.option("--force", is_flag=True,
+              help="Replace the data of a tenant that holds some (a snapshot keeps it).")
+@click.option("--stack-dir", help="Host root of a new tenant's dirs.")
+@dry_run_option
+@wait_option
+def cmd_restore(bundle, tenant, force, stack_dir, dry_run, wait):
+    """Bring BUNDLE back: into its tenant or a new one (brought up if it is not), with the
+    bundle's credentials; health and the manifest's counts must match afterwards."""
+    bundle = validate_path(bundle, "BUNDLE")
+    stack = Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else None
+    if tenant is None:  # the bundle's own, from its manifest (checked in full below)
+        check_host_path(Path(bundle), "bundle")
+        try:
+            tenant = json.loads(read_file(Path(bundle) / MANIFEST, 16 * MAX_READ) or "{}").get(
+                "tenant") or ""
+        except (ValueError, AttributeError):
+            tenant = ""
+        if not tenant:
+            raise BotlxcError("%s has no readable %s: not a botlxc backup" % (bundle, MANIFEST))
+    run_op("restore", lambda op: restore_bundle(op, bundle, force, stack), tenant, {},
+           dry_run=dry_run, wait=wait)
+    if not dry_run:
+        say("restored %s into tenant %s: its .env has the bundle's credentials" % (bundle,
+                                                                                  tenant))
 
 
 @cli.group("ports", invoke_without_command=True)
