@@ -440,8 +440,19 @@ FLAKY = tenacity.retry(
 # --------------------------------------------------------------------------- 8. templates
 
 
+#: A templates dir searched before botlxc's own: for developing a component (or an engine)
+#: outside the tree, and for the tests' component defined only as data. Its templates are
+#: read again on every render, so a change there is seen at once.
+TEMPLATES_ENV = "BOTLXC_TEMPLATES"
+
+
 def _template_source(name):
-    """Find a template next to this file, inside the .pyz, or under <prefix>/share."""
+    """Find a template in $BOTLXC_TEMPLATES, next to this file, under <prefix>/share, or
+    inside the .pyz."""
+    extra = os.environ.get(TEMPLATES_ENV)
+    if extra and (Path(extra) / name).is_file():
+        path = Path(extra) / name
+        return path.read_text(), str(path), lambda: False
     here = Path(__file__).resolve().parent
     for base in (here / "templates", Path(sys.prefix) / "share" / "botlxc" / "templates"):
         path = base / name

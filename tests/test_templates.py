@@ -78,11 +78,12 @@ def test_every_template_on_disk_is_used():
     """A template nobody renders is dead (or a forgotten entry in COMPONENTS)."""
     for name, comp in botlxc.COMPONENTS.items():
         folder = TEMPLATES / "components" / name
-        listed = {template for template, _, _ in comp.files}
+        listed = {template for engine in comp.engines
+                  for template, _, _ in comp.files_for(engine.name)}
         sources = "".join((folder / t).read_text() for t in listed if (folder / t).is_file())
         for path in sorted(folder.glob("*")):
             assert path.name in listed or path.name in sources, \
-                "templates/components/%s/%s is not in COMPONENTS[%r].files" % (
+                "templates/components/%s/%s is not in COMPONENTS[%r]'s files" % (
                     name, path.name, name)
 
 
