@@ -10,9 +10,11 @@ Map of this file, top to bottom; each section uses only what is above it:
   5. Runner        the only door to the outside: read / change / local / attach; runbook
   6. lxc_*         one small wrapper per lxc subcommand, argv as literal lists
   7. retry         one tenacity policy, applied by name to flaky steps
-  8. templates     one Jinja2 environment (StrictUndefined)
-  9. components    COMPONENTS: the services as data
- 10. validation    tenant names, ports, sizes, CPUs, snapshot names: before anything runs
+  8. templates     one Jinja2 environment (StrictUndefined); $BOTLXC_TEMPLATES searched first
+  9. components    COMPONENTS: the services as data (engines, secrets, units, devices); the
+                   only place that names a component or an engine
+ 10. validation    tenant names, ports, engines, artifacts, sizes, CPUs, snapshot names:
+                   before anything runs
  11. host files    the trust boundary: safe paths, bounded reads, private writes, locks
  12. host          LXD install/start/init, Debian 12 image, artifacts
  13. tenant steps  observe -> ensure_* (stack, network, ids, instances, mounts, ports,
