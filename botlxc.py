@@ -3180,7 +3180,11 @@ def same_as(op, inst, **overrides):
     mine = {c: i for c, i in chosen(op) if c in COMPONENTS}
     engines = {c: recorded_engine(c, i) for c, i in mine.items()}
     for comp in (c for c in overrides.get("components", mine) if c in mine):
-        engine = COMPONENTS[comp].engine(engines[comp])
+        try:
+            engine = COMPONENTS[comp].engine(engines[comp])
+        except KeyError:
+            raise BadInput("%s-%s runs %s engine %s, which this botlxc does not know"
+                           % (op.tenant, comp, comp, engines[comp])) from None
         if engine.artifact:
             short = artifact_name(comp, engine)
             raise BadInput("%s-%s runs %s engine %s, whose binary only `up` is given: botlxc "
@@ -3510,10 +3514,9 @@ def container_checks(op, comp, inst):
         if ok:
             checks.append(_ok(name + "-service", message))
         else:
-            journal = lxc_exec(runner, name, ["journalctl", *[arg for unit in units_of(comp)
-                                                              for arg in ("-u", unit)],
-                                              "-n", "5", "--no-pager", "-q"],
-                               step=name + ": journal")
+            units = [arg for unit in units_of(comp) for arg in ("-u", unit)]
+            journal = lxc_exec(runner, name, ["journalctl", *units, "-n", "5", "--no-pager",
+                                              "-q"], step=name + ": journal")
             tail = " | ".join(journal.stdout.strip().splitlines()[-3:])
             checks.append(Check(name + "-service", "fail", message + (
                 " -- journal: " + tail if tail else ""),

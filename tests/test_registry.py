@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 import botlxc
-from conftest import OWNER, facts, register_ready
+from conftest import OWNER, facts, make_spec, register_ready, tenant_instance
 
 V = botlxc.VERSION
 C = botlxc.Component
@@ -199,3 +199,24 @@ def test_its_templates_render_strictly_and_its_scripts_pass_sh_n(fp, tmp_path, q
             path.write_text(content)
             fp.pass_command(["sh", "-n", str(path)])
             assert subprocess.run(["sh", "-n", str(path)]).returncode == 0, dest
+
+
+def test_day2_refuses_to_converge_an_engine_whose_binary_only_up_is_given(tmp_path):
+    """same_as (clone, restore, port set, rotate) reads each container's recorded engine."""
+    spec = make_spec(tmp_path, engines={"drive": "minio"})
+    mine = {c: tenant_instance(spec, c) for c in spec.components}
+    op = botlxc.Op("acme", botlxc.Runner(), facts(), _snapshot={
+        "all": list(mine.values()), "mine": mine, "foreign": []})
+    with pytest.raises(botlxc.BadInput, match=r"^acme-drive runs drive engine minio, whose "
+                       r"binary only `up` is given: botlxc up --tenant acme --engine "
+                       r"drive=minio --artifact minio=PATH \(with the same options\) does "
+                       r"this$"):
+        botlxc.same_as(op, mine["tables"])
+    same = botlxc.same_as(op, mine["tables"], components=("tables", "cache"))
+    assert same.engines == {"tables": "postgresql", "drive": "minio", "cache": "valkey"}
+    unknown = dict(mine["cache"], config=dict(mine["cache"]["config"], **{
+        "user.botlxc.engine": "keydb"}))
+    op._snapshot["mine"]["cache"] = unknown
+    with pytest.raises(botlxc.BadInput, match="acme-cache runs cache engine keydb, which this "
+                       "botlxc does not know"):
+        botlxc.same_as(op, mine["tables"], components=("cache",))
