@@ -8,7 +8,7 @@ STAMP = $(VENV)/.installed
 .PHONY: up down status plan host test unit live lint bench dist clean
 
 # The venv is rebuilt when the packaging or this file changes.
-$(STAMP): setup.cfg Makefile
+$(STAMP): setup.cfg setup.py Makefile
 	sh scripts/venv.sh $(PYTHON) $(VENV)
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@

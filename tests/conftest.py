@@ -33,7 +33,7 @@ OWNER = 1000000 if os.geteuid() == 0 else os.getuid()
 MIRROR = "http://mirror.example.org/debian"
 SECURITY = "http://mirror.example.org/debian-security"
 DEFAULT_PORTS = {("tables", "pg"): 5432, ("drive", "s3"): 9000, ("cache", "valkey"): 6379}
-#: The minio engine's console, where it has one.
+#: The drive's minio engine has a console port too.
 CONSOLE_PORT = {("drive", "console"): 9001}
 CA_PEM = ("-----BEGIN CERTIFICATE-----\n"
           "MIIBszCCAVmgAwIBAgIUQ29ycFByb3h5Um9vdENBMB4XDTI1MTEyNjAwMDAwMFoX\n"
@@ -306,7 +306,8 @@ def master_text(component):
 def installed_label(spec, component):
     """user.botlxc.installed as ensure_service sets it (test_up checks they agree)."""
     parts = [part for item in botlxc.render_files(spec, component) for part in item]
-    binary = spec.artifacts.get("minio") if spec.engine_of(component) == "minio" else None
+    engine = botlxc.COMPONENTS[component].engine(spec.engine_of(component))
+    binary = spec.artifacts.get(component) if engine.artifact else None
     return botlxc.digest(*parts, binary[1] if binary else "")
 
 
@@ -320,8 +321,8 @@ def tenant_instance(spec, component, ports=None, status="Running", installed=Tru
               "user.botlxc.tenant": spec.tenant,
               "user.botlxc.component": component, "user.botlxc.version": botlxc.VERSION,
               "user.botlxc.stack": stack}
-    if component == "drive":
-        config["user.botlxc.engine"] = spec.engine
+    if len(botlxc.COMPONENTS[component].engines) > 1:
+        config["user.botlxc.engine"] = spec.engine_of(component)
     if installed:
         config["user.botlxc.installed"] = installed_label(spec, component)
     if spec.host.ca_files:

@@ -26,8 +26,8 @@ def test_local_file_with_the_right_sum(tmp_path):
     assert fetch(tmp_path, str(path), GOOD)[0] == (path, GOOD)
     assert fetch(tmp_path, str(path), None)[0] == (path, GOOD)  # a local file may skip it
     # --sha256 in upper case is the same sum
-    assert botlxc.parse_artifacts(["minio=%s" % path], ["minio=" + GOOD.upper()]) == {
-        "minio": (str(path), GOOD)}
+    assert botlxc.parse_artifacts(["minio=%s" % path], ["minio=" + GOOD.upper()],
+                                  {"drive": "minio"}, ("drive",)) == {"drive": (str(path), GOOD)}
 
 
 def test_local_file_with_a_wrong_sum(tmp_path):

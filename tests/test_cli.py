@@ -82,18 +82,35 @@ def test_empty_tenant_name(capsys, fp):
     (["--stack-dir", "/srv/$(id)"], "invalid --stack-dir '/srv/$(id)': shell metacharacters "
                                     "are not allowed in paths"),
     (["--engine", "minio"], "drive engine minio needs --artifact minio=PATH (or =URL with "
-                            "--sha256 minio=HEX): MinIO ships no binary botlxc could fetch "
-                            "itself"),
+                            "--sha256 minio=HEX): botlxc does not fetch the MinIO server "
+                            "binary itself"),
+    (["--engine", "drive=minio"], "drive engine minio needs --artifact minio=PATH (or =URL "
+                                  "with --sha256 minio=HEX): botlxc does not fetch the MinIO "
+                                  "server binary itself"),
     (["--engine", "minio", "--artifact", "minio=https://example.org/minio"],
+     "--artifact minio=https://example.org/minio is a URL: give its --sha256 minio=HEX too"),
+    (["--engine", "minio", "--artifact", "drive=https://example.org/minio"],
      "--artifact minio=https://example.org/minio is a URL: give its --sha256 minio=HEX too"),
     (["--engine", "minio", "--artifact", "minio=/nonexistent/minio"],
      "artifact /nonexistent/minio does not exist"),
     (["--engine", "minio", "--artifact", "minio=/x", "--sha256", "minio=abc"],
      "invalid --sha256 minio=abc: expected 64 hex digits"),
     (["--engine", "minio", "--artifact", "rclone=/x"],
-     "invalid --artifact 'rclone=/x': expected minio=VALUE"),
+     "invalid --artifact 'rclone=/x': expected COMPONENT=VALUE or ENGINE=VALUE for an engine "
+     "that takes a binary (minio=VALUE)"),
     (["--artifact", "minio=/srv/minio"],
-     "--artifact/--sha256 are for --engine minio; the rclone engine needs none"),
+     "--artifact minio=/srv/minio: the drive engine rclone takes no binary (--engine minio "
+     "does)"),
+    (["--sha256", "tables=" + "0" * 64],
+     "--sha256 tables=%s: the tables engine postgresql takes no binary (no engine of it "
+     "does)" % ("0" * 64)),
+    (["--engine", "ceph"], "invalid --engine 'ceph': no component has an engine of that name; "
+                           "give COMPONENT=ENGINE"),
+    (["--engine", "drive=ceph"], "invalid --engine 'drive=ceph': drive has engines rclone, "
+                                 "minio"),
+    (["--engine", "nosuch=minio"], "invalid --engine 'nosuch=minio': unknown component "
+                                   "'nosuch'"),
+    (["--engine", "minio", "--engine", "drive=rclone"], "--engine: two engines for drive"),
     (["--image", "debian;reboot"], "invalid --image 'debian;reboot': expected [REMOTE:]ALIAS "
                                    "or a fingerprint, e.g. images:debian/12"),
     (["--image", "$(id)"], "invalid --image '$(id)': expected [REMOTE:]ALIAS or a "
@@ -107,7 +124,7 @@ def test_bad_up_input_exits_2_with_one_line_and_no_command(capsys, fp, args, mes
 
 
 def test_click_usage_errors_exit_2(capsys, fp):
-    for args in (["up", "--engine", "ceph"], ["up", "--jobs", "0"], ["frobnicate"],
+    for args in (["up", "--jobs", "0"], ["frobnicate"],
                  ["up", "--no-such-option"]):
         code, out, err = run(capsys, *args)
         assert code == 2, args

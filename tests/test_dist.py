@@ -1,7 +1,9 @@
 """The single-file build: dist/botlxc.pyz runs with a bare python3 and finds its templates."""
+import runpy
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,6 +17,10 @@ def test_zipapp_plans_a_tenant_with_its_bundled_templates(fp, tmp_path):
     fp.pass_command(build)
     subprocess.run(build, cwd=work, check=True, capture_output=True)
     pyz = work / "dist" / "botlxc.pyz"
+    with zipfile.ZipFile(pyz) as archive:  # every template, a new component's folder too
+        bundled = {name for name in archive.namelist() if name.startswith("templates/")
+                   and not name.endswith("/")}
+    assert bundled == set(template_files())
     # A folder without botlxc.py or templates next to it: only the .pyz can provide them.
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -35,3 +41,21 @@ def test_zipapp_plans_a_tenant_with_its_bundled_templates(fp, tmp_path):
     proc = subprocess.run(argv, cwd=elsewhere, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "port 6379" in proc.stdout
+
+
+def template_files():
+    """Every file under templates/, as a path relative to the checkout."""
+    return sorted(str(path.relative_to(ROOT)) for path in (ROOT / "templates").rglob("*")
+                  if path.is_file() and not path.name.startswith(".")
+                  and "__pycache__" not in path.parts)
+
+
+def test_the_wheel_ships_every_template_where_botlxc_looks():
+    """setup.py computes data_files from the tree: a new component's folder ships with no
+    line of packaging, under <prefix>/share/botlxc/templates/<its path>."""
+    data_files = runpy.run_path(str(ROOT / "setup.py"), run_name="setup")["template_data_files"]()
+    shipped = {source: dest for dest, sources in data_files for source in sources}
+    assert sorted(shipped) == template_files()
+    for source, dest in shipped.items():
+        assert dest == str(Path("share/botlxc") / Path(source).parent), source
+    assert "data_files" not in (ROOT / "setup.cfg").read_text()  # one list, not two

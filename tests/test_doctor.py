@@ -108,7 +108,7 @@ def test_an_unhealthy_service_shows_its_journal_and_is_restarted(calls, tmp_path
     mirror_reached(calls, "acme-cache")
     calls(["lxc", "exec", "acme-cache", "--", "sh", "/usr/local/lib/botlxc/health.sh"],
           returncode=1, stdout="cache: PING got: Connection refused (cache.service inactive)\n")
-    calls(["lxc", "exec", "acme-cache", "--", "journalctl", "-u", "cache", "-n", "5",
+    calls(["lxc", "exec", "acme-cache", "--", "journalctl", "-u", "cache.service", "-n", "5",
            "--no-pager", "-q"], stdout="Stopped cache.service - botlxc cache\n")
     checks = {c.name: c for c in botlxc.doctor(the_op)}
     service = checks["acme-cache-service"]

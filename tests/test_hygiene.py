@@ -43,3 +43,25 @@ def test_unit_tests_use_only_the_one_fake():
         text = path.read_text()
         for word in forbidden:
             assert word not in text, "%s uses %s" % (path.name, word)
+
+
+def section(number):
+    """The text of botlxc.py's section `number` (its header line to the next one)."""
+    start = re.search(r"^# -+ %d\. " % number, SOURCE, re.M).start()
+    end = re.search(r"^# -+ %d\. " % (number + 1), SOURCE, re.M)
+    return SOURCE[start:end.start() if end else len(SOURCE)]
+
+
+def test_components_are_named_only_in_the_registry():
+    """Sections 10-14 ask COMPONENTS: no component or engine named in code, messages or
+    comments there (the registry, section 9, and the CLI's help text may)."""
+    names = set(botlxc.COMPONENTS) | {e.name for c in botlxc.COMPONENTS.values()
+                                      for e in c.engines}
+    for number in range(10, 15):
+        text = section(number)
+        for name in sorted(names):
+            assert not re.search(r"""["']%s["']""" % re.escape(name), text), \
+                "section %d has the literal %r" % (number, name)
+        # engine names that are no ordinary words (the day-2 code says "cache" for caches)
+        for name in ("minio", "rclone"):
+            assert name not in text.lower(), "section %d names %s" % (number, name)

@@ -10,11 +10,12 @@ import botlxc
 from conftest import facts, make_spec
 
 TEMPLATES = Path(botlxc.__file__).resolve().parent / "templates"
-CASES = [(name, engine) for name, comp in botlxc.COMPONENTS.items() for engine in comp.engines]
+CASES = [(name, engine.name) for name, comp in botlxc.COMPONENTS.items()
+         for engine in comp.engines]
 
 
 def rendered(tmp_path, component, engine, **host):
-    spec = make_spec(tmp_path, components=(component,), engine=engine or "rclone",
+    spec = make_spec(tmp_path, components=(component,), engines={component: engine},
                      host=facts(**host))
     return botlxc.render_files(spec, component)
 
@@ -23,7 +24,7 @@ def rendered(tmp_path, component, engine, **host):
 def test_every_file_renders_completely(tmp_path, component, engine):
     files = rendered(tmp_path, component, engine)
     assert [dest for dest, _, _ in files] == [
-        d for _, d, _ in botlxc.COMPONENTS[component].files]
+        d for _, d, _ in botlxc.COMPONENTS[component].files_for(engine)]
     for dest, mode, content in files:
         assert re.fullmatch(r"0[0-7]{3}", mode)
         assert content.endswith("\n"), dest  # keep_trailing_newline: units need it
@@ -66,7 +67,7 @@ def test_secrets_are_read_from_the_containers_own_copy(tmp_path, component, engi
     files = {Path(dest).name: content for dest, _, content in
              rendered(tmp_path, component, engine)}
     text = "".join(files.values())
-    for key in comp.secrets:
+    for key in comp.secret_keys:
         assert key in text, "%s: no file reads %s" % (component, key)
     assert "/etc/botlxc/secrets.env" in text
     assert "/opt/gbo/conf/secrets.env" not in text.replace(
@@ -77,11 +78,12 @@ def test_every_template_on_disk_is_used():
     """A template nobody renders is dead (or a forgotten entry in COMPONENTS)."""
     for name, comp in botlxc.COMPONENTS.items():
         folder = TEMPLATES / "components" / name
-        listed = {template for template, _, _ in comp.files}
+        listed = {template for engine in comp.engines
+                  for template, _, _ in comp.files_for(engine.name)}
         sources = "".join((folder / t).read_text() for t in listed if (folder / t).is_file())
         for path in sorted(folder.glob("*")):
             assert path.name in listed or path.name in sources, \
-                "templates/components/%s/%s is not in COMPONENTS[%r].files" % (
+                "templates/components/%s/%s is not in COMPONENTS[%r]'s files" % (
                     name, path.name, name)
 
 
@@ -139,5 +141,5 @@ def test_units_run_with_least_privilege(tmp_path, component, engine):
 
 
 def test_the_cache_user_may_not_run_admin_or_dangerous_commands(tmp_path):
-    files = {Path(dest).name: content for dest, _, content in rendered(tmp_path, "cache", "")}
+    files = {Path(dest).name: content for dest, _, content in rendered(tmp_path, "cache", "valkey")}
     assert "user gbuser on #%s ~* &* +@all -@admin -@dangerous" in files["install.sh"]

@@ -235,8 +235,8 @@ def test_minio_engine_pushes_the_checked_binary_before_the_install(calls, tmp_pa
     binary = tmp_path / "minio"
     binary.write_bytes(b"\x7fELF minio")
     sha = botlxc.file_sha256(binary)
-    spec = make_spec(tmp_path, components=("drive",), engine="minio",
-                     artifacts={"minio": (str(binary), sha)})
+    spec = make_spec(tmp_path, components=("drive",), engines={"drive": "minio"},
+                     artifacts={"drive": (str(binary), sha)})
     register_ready(calls)
     runner = botlxc.Runner(dry_run=True)
     ports, failures = botlxc.up(runner, spec)
@@ -261,11 +261,11 @@ def test_a_new_minio_binary_is_a_reinstall_and_the_same_one_is_not(calls, tmp_pa
     new.write_bytes(b"\x7fELF minio 2")
 
     def spec_with(binary):
-        return make_spec(tmp_path, components=("drive",), engine="minio",
-                         artifacts={"minio": (str(binary), botlxc.file_sha256(binary))})
+        return make_spec(tmp_path, components=("drive",), engines={"drive": "minio"},
+                         artifacts={"drive": (str(binary), botlxc.file_sha256(binary))})
 
     installed = spec_with(old)
-    installed.artifacts = {"minio": (old, botlxc.file_sha256(old))}
+    installed.artifacts = {"drive": (old, botlxc.file_sha256(old))}
     world = up_world(installed)  # installed with the old binary
     install = ["lxc", "exec", "acme-drive", "--", *INSTALL]
     register_ready(calls, world)
@@ -434,7 +434,7 @@ def test_taken_ports_move_to_the_next_free_one(calls, tmp_path, capsys):
 
 
 def test_minio_console_does_not_collide_with_a_moved_s3_port(tmp_path):
-    spec = make_spec(tmp_path, components=("drive",), engine="minio")
+    spec = make_spec(tmp_path, components=("drive",), engines={"drive": "minio"})
     snapshot = {"all": [], "mine": {}}
     assert botlxc.allocate_ports(spec, snapshot, {9000: "minio (pid 7)"}) == {
         ("drive", "s3"): 9001, ("drive", "console"): 9002}
@@ -489,10 +489,13 @@ def test_remapping_a_port_of_a_running_tenant(calls, tmp_path):
 
 def test_switching_the_drive_engine_in_place_is_refused(calls, tmp_path):
     spec = make_spec(tmp_path, services=False)
-    world = up_world(make_spec(tmp_path, services=False, engine="minio"), installed=False)
+    world = up_world(make_spec(tmp_path, services=False, engines={"drive": "minio"}),
+                     installed=False)
     register_ready(calls, world)
     runner = botlxc.Runner()
-    with pytest.raises(botlxc.BadInput, match="runs drive engine minio"):
+    with pytest.raises(botlxc.BadInput, match=r"acme-drive runs drive engine minio; switching "
+                       r"engines is not supported in place \(down, then up with "
+                       r"--engine drive=rclone\)"):
         botlxc.up(runner, spec)
     assert runner.actions == [] and calls.made() == calls.expected
 
