@@ -603,28 +603,33 @@ class Component:
     def files_for(self, engine):
         return self.files + self.engine(engine).files
 
+    def renders(self, template):
+        """Whether it has this template (backup.sh.j2: it has data a backup keeps)."""
+        return any(name == template for name, _, _ in self.files)
+
 
 #: Every component's files; a template name with a "/" is relative to templates/ itself.
 _SCRIPTS = (("install.sh.j2", LIB_DIR + "/install.sh", "0755"),
             ("health.sh.j2", LIB_DIR + "/health.sh", "0755"),
-            # backup.sh: a tar stream on stdout; restore.sh: applies <LIB_DIR>/restore/<c>.tar;
-            # counts.sh: "NAME<TAB>COUNT" lines a restore or migration is checked with
-            ("backup.sh.j2", LIB_DIR + "/backup.sh", "0755"),
-            ("restore.sh.j2", LIB_DIR + "/restore.sh", "0755"),
-            ("counts.sh.j2", LIB_DIR + "/counts.sh", "0755"),
             ("common/botlxc.logrotate.j2", "/etc/logrotate.d/botlxc", "0644"))
+#: A component with data to keep has these too (`backup` skips one without, saying so):
+#: backup.sh writes a tar stream to stdout while the service runs; restore.sh applies
+#: <LIB_DIR>/restore/<component>.tar; counts.sh prints "NAME<TAB>COUNT" lines, what a
+#: restore or a migration is checked with. verify.sh (optional) test-restores a bundle.
+_BACKUP = (("backup.sh.j2", LIB_DIR + "/backup.sh", "0755"),
+           ("restore.sh.j2", LIB_DIR + "/restore.sh", "0755"),
+           ("counts.sh.j2", LIB_DIR + "/counts.sh", "0755"))
 
 COMPONENTS = {
     "tables": Component(
         name="tables",
         summary="PostgreSQL 15",
         ports=(Port("pg", 5432),),
-        files=_SCRIPTS + (
+        files=_SCRIPTS + _BACKUP + (
             ("tables.service.j2", "/etc/systemd/system/tables.service", "0644"),
             ("postgresql.conf.j2", MOUNT_ROOT + "/conf/postgresql.conf", "0644"),
             ("pg_hba.conf.j2", MOUNT_ROOT + "/conf/pg_hba.conf", "0644"),
             ("pg_ident.conf.j2", MOUNT_ROOT + "/conf/pg_ident.conf", "0644"),
-            # optional for any component: `backup verify` test-restores the bundle with it
             ("verify.sh.j2", LIB_DIR + "/verify.sh", "0755"),
         ),
         secrets=(("TABLES_PASSWORD", 32),),
@@ -636,7 +641,7 @@ COMPONENTS = {
         name="drive",
         summary="S3 object storage",
         ports=(Port("s3", 9000), Port("console", 9001, engines=("minio",))),
-        files=_SCRIPTS + (
+        files=_SCRIPTS + _BACKUP + (
             ("drive.service.j2", "/etc/systemd/system/drive.service", "0644"),
         ),
         secrets=(("DRIVE_ACCESSKEY", 20), ("DRIVE_SECRET", 32)),
@@ -654,7 +659,7 @@ COMPONENTS = {
         name="cache",
         summary="Valkey 8",
         ports=(Port("valkey", 6379),),
-        files=_SCRIPTS + (
+        files=_SCRIPTS + _BACKUP + (
             ("cache.service.j2", "/etc/systemd/system/cache.service", "0644"),
             ("valkey.conf.j2", MOUNT_ROOT + "/conf/valkey.conf", "0644"),
         ),
@@ -3402,6 +3407,11 @@ def take_backup(op, to, keep=None):
     while it serves (see its backup.sh) and its secrets; a manifest; SHA256SUMS. Written as
     <name>.partial and renamed when complete. Returns the bundle's path."""
     stack, pairs = tenant_stack(op), chosen(op)
+    for comp, inst in pairs:
+        if not COMPONENTS[comp].renders("backup.sh.j2"):
+            say("%-16s nothing of its own to back up (%s)"
+                % (inst["name"], COMPONENTS[comp].summary))
+    pairs = [(c, i) for c, i in pairs if COMPONENTS[c].renders("backup.sh.j2")]
     serving(op, pairs, "backup")
     root = check_host_path(Path(to), "--to")
     final = root / ("%s-%s" % (op.tenant, stamp()))
@@ -3530,7 +3540,7 @@ def verify_bundle(op, path):
     bundle = manifest["path"]
     checked = []
     for comp, info in manifest["components"].items():
-        if not any(t == "verify.sh.j2" for t, _, _ in COMPONENTS[comp].files):
+        if not COMPONENTS[comp].renders("verify.sh.j2"):
             continue
         pairs = chosen(op, [comp])
         serving(op, pairs, "backup verify")
@@ -3590,7 +3600,13 @@ def restore_bundle(op, path, force, stack_dir=None):
         spec = same_as(op, next(iter(mine.values())), components=comps)
     else:
         spec = Spec(tenant=op.tenant, components=comps, stack=stack_dir, host=op.host,
-                    engine=engines.get("drive", "rclone"))
+                    engines=engines)
+        needs = [c for c in comps if COMPONENTS[c].engine(spec.engine_of(c)).artifact]
+        if needs:
+            raise BadInput("the bundle's %s runs engine %s, whose binary only `up` is given: "
+                           "botlxc up --tenant %s --engine %s=%s --artifact %s=PATH first"
+                           % (needs[0], spec.engine_of(needs[0]), op.tenant, needs[0],
+                              spec.engine_of(needs[0]), needs[0]))
     converge(op, spec)
     op._snapshot = None
     spec.stack = tenant_stack(op)
@@ -3598,7 +3614,7 @@ def restore_bundle(op, path, force, stack_dir=None):
 
     def adopt_secrets():  # the bundle's, re-written with this host's pip index
         for comp in comps:
-            keys = COMPONENTS[comp].secrets
+            keys = COMPONENTS[comp].secret_keys
             values = parse_secrets(read_file(bundle / (comp + ".secrets")), keys)
             if set(values) != set(keys):
                 raise BotlxcError("bundle %s: %s.secrets lacks %s" % (
@@ -4441,8 +4457,8 @@ def cmd_restore(bundle, tenant, force, stack_dir, dry_run, wait):
     run_op("restore", lambda op: restore_bundle(op, bundle, force, stack), tenant, {},
            dry_run=dry_run, wait=wait)
     if not dry_run:
-        say("restored %s into tenant %s: its .env has the bundle's credentials" % (bundle,
-                                                                                  tenant))
+        say("restored %s into tenant %s: its .env has the bundle's credentials"
+            % (bundle, tenant))
 
 
 @cli.group("ports", invoke_without_command=True)

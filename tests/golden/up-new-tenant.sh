@@ -110,7 +110,7 @@ lxc exec acme-tables -- update-ca-certificates
 lxc config set acme-tables user.botlxc.host-ca e95ca4bf4e5b815f
 
 # clear the paths botlxc writes in acme-tables
-lxc exec acme-tables -- rm -f -- /etc/botlxc/secrets.env /usr/local/lib/botlxc/install.sh /usr/local/lib/botlxc/health.sh /etc/logrotate.d/botlxc /etc/systemd/system/tables.service /opt/gbo/conf/postgresql.conf /opt/gbo/conf/pg_hba.conf /opt/gbo/conf/pg_ident.conf
+lxc exec acme-tables -- rm -f -- /etc/botlxc/secrets.env /usr/local/lib/botlxc/install.sh /usr/local/lib/botlxc/health.sh /etc/logrotate.d/botlxc /usr/local/lib/botlxc/backup.sh /usr/local/lib/botlxc/restore.sh /usr/local/lib/botlxc/counts.sh /etc/systemd/system/tables.service /opt/gbo/conf/postgresql.conf /opt/gbo/conf/pg_hba.conf /opt/gbo/conf/pg_ident.conf /usr/local/lib/botlxc/verify.sh
 
 # tables: secrets from the host's copy
 lxc file push /TMP/stack/.botlxc/secrets/tables.env acme-tables/etc/botlxc/secrets.env --create-dirs --mode 0600
@@ -263,6 +263,112 @@ lxc file push - acme-tables/etc/logrotate.d/botlxc --create-dirs --mode 0644 <<'
 }
 BOTLXC_EOF
 
+# tables: /usr/local/lib/botlxc/backup.sh
+lxc file push - acme-tables/usr/local/lib/botlxc/backup.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: a backup of tables taken while it serves, as a tar stream on stdout:
+# dump.pgc (pg_dump -Fc of database botserver), roles.sql (the roles it needs, password
+# hashes included), counts.tsv (rows per table, counted in the very snapshot pg_dump
+# used) and conf/ (the conf dir). The counts also go to /usr/local/lib/botlxc/backup.counts.
+set -eu
+cd /
+umask 077
+PGBIN=/usr/lib/postgresql/15/bin
+work=$(mktemp -d /var/tmp/botlxc-backup.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+chown postgres "$work"
+# Roles other than postgres and the built-in pg_* ones: their CREATE, ALTER and GRANT lines.
+runuser -u postgres -- "$PGBIN/pg_dumpall" -h /run/postgresql -p 5432 --roles-only \
+    --quote-all-identifiers > "$work/roles.all"
+grep -E '^((CREATE|ALTER) ROLE|GRANT) "' "$work/roles.all" |
+    grep -vE '^(CREATE|ALTER) ROLE "(postgres|pg_[a-z_]+)"' > "$work/roles.sql" || true
+# One REPEATABLE READ transaction exports its snapshot: pg_dump dumps exactly it, and the
+# counts are taken in it, so they describe the dump even while clients write.
+runuser -u postgres -- "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h /run/postgresql \
+    -p 5432 -d botserver <<SQL
+BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
+SELECT pg_export_snapshot() AS snap \gset
+\setenv BOTLXC_SNAPSHOT :snap
+\! "$PGBIN/pg_dump" -h /run/postgresql -p 5432 -Fc --snapshot="\$BOTLXC_SNAPSHOT" -d botserver -f "$work/dump.pgc"
+\o $work/counts.tsv
+-- botlxc: what a backup of tables is checked against, one "NAME<TAB>COUNT" line each:
+-- the number of tables, then the rows of every table of database botserver (exact counts).
+SELECT 'tables' || E'\t' || count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg\_%';
+SELECT format('SELECT %L || E''\t'' || count(*) FROM %I.%I',
+              'rows:' || n.nspname || '.' || c.relname, n.nspname, c.relname)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg\_%'
+ ORDER BY n.nspname, c.relname \gexec
+
+\o
+COMMIT;
+SQL
+[ -s "$work/dump.pgc" ] || { echo "backup: pg_dump wrote nothing" >&2; exit 1; }
+install -d -m 0700 /usr/local/lib/botlxc
+cp "$work/counts.tsv" /usr/local/lib/botlxc/backup.counts
+tar -cf - -C "$work" dump.pgc roles.sql counts.tsv -C /opt/gbo conf
+BOTLXC_EOF
+
+# tables: /usr/local/lib/botlxc/restore.sh
+lxc file push - acme-tables/usr/local/lib/botlxc/restore.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: replace tables's data with the backup in /usr/local/lib/botlxc/restore/tables.tar
+# (the roles, then database botserver dropped and restored from the dump). The conf
+# files the backup has and this container lacks come back; botlxc's own stay.
+set -eu
+cd /
+umask 077
+PGBIN=/usr/lib/postgresql/15/bin
+work=$(mktemp -d /var/tmp/botlxc-restore.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+tar -xf /usr/local/lib/botlxc/restore/tables.tar -C "$work"
+chown -R postgres "$work"
+tar -xf /usr/local/lib/botlxc/restore/tables.tar -C /opt/gbo --skip-old-files conf
+psql() { runuser -u postgres -- "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h /run/postgresql -p 5432 "$@"; }
+# A role that exists already is only altered (CREATE fails, ALTER applies the rest).
+while IFS= read -r line; do
+    case "$line" in
+        "CREATE ROLE "*) printf '%s\n' "$line" | psql -d postgres 2>/dev/null || true ;;
+        *) printf '%s\n' "$line" | psql -d postgres ;;
+    esac
+done < "$work/roles.sql"
+psql -d postgres <<'SQL'
+SET log_statement = 'none';
+DROP DATABASE IF EXISTS botserver WITH (FORCE);
+CREATE DATABASE botserver OWNER gbuser;
+SQL
+runuser -u postgres -- "$PGBIN/pg_restore" -h /run/postgresql -p 5432 --exit-on-error \
+    -d botserver "$work/dump.pgc"
+rm -f /usr/local/lib/botlxc/restore/tables.tar
+echo "restore: tables restored"
+BOTLXC_EOF
+
+# tables: /usr/local/lib/botlxc/counts.sh
+lxc file push - acme-tables/usr/local/lib/botlxc/counts.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: tables's counts now, one "NAME<TAB>COUNT" line each (see counts.sql).
+set -eu
+cd /
+runuser -u postgres -- /usr/lib/postgresql/15/bin/psql -X -q -At -v ON_ERROR_STOP=1 \
+    -h /run/postgresql -p 5432 -d botserver <<'SQL'
+-- botlxc: what a backup of tables is checked against, one "NAME<TAB>COUNT" line each:
+-- the number of tables, then the rows of every table of database botserver (exact counts).
+SELECT 'tables' || E'\t' || count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg\_%';
+SELECT format('SELECT %L || E''\t'' || count(*) FROM %I.%I',
+              'rows:' || n.nspname || '.' || c.relname, n.nspname, c.relname)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg\_%'
+ ORDER BY n.nspname, c.relname \gexec
+
+SQL
+BOTLXC_EOF
+
 # tables: /etc/systemd/system/tables.service
 lxc file push - acme-tables/etc/systemd/system/tables.service --create-dirs --mode 0644 <<'BOTLXC_EOF'
 # acme-tables: PostgreSQL 15, run directly (not through Debian's
@@ -363,6 +469,44 @@ botlxc     root         gbuser
 botlxc     root         postgres
 BOTLXC_EOF
 
+# tables: /usr/local/lib/botlxc/verify.sh
+lxc file push - acme-tables/usr/local/lib/botlxc/verify.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: test-restore the dump in /usr/local/lib/botlxc/restore/tables.tar into a scratch
+# database, print its counts (compared by botlxc with the bundle's), drop the database.
+set -eu
+cd /
+umask 077
+PGBIN=/usr/lib/postgresql/15/bin
+work=$(mktemp -d /var/tmp/botlxc-verify.XXXXXX)
+db=botlxc_verify_$$
+cleanup() {
+    runuser -u postgres -- "$PGBIN/dropdb" -h /run/postgresql -p 5432 --if-exists "$db" || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+tar -xf /usr/local/lib/botlxc/restore/tables.tar -C "$work" dump.pgc
+chown -R postgres "$work"
+runuser -u postgres -- "$PGBIN/createdb" -h /run/postgresql -p 5432 "$db"
+runuser -u postgres -- "$PGBIN/pg_restore" -h /run/postgresql -p 5432 --exit-on-error \
+    --no-owner --no-privileges -d "$db" "$work/dump.pgc" >&2
+runuser -u postgres -- "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h /run/postgresql \
+    -p 5432 -d "$db" <<'SQL'
+-- botlxc: what a backup of tables is checked against, one "NAME<TAB>COUNT" line each:
+-- the number of tables, then the rows of every table of database botserver (exact counts).
+SELECT 'tables' || E'\t' || count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg\_%';
+SELECT format('SELECT %L || E''\t'' || count(*) FROM %I.%I',
+              'rows:' || n.nspname || '.' || c.relname, n.nspname, c.relname)
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname NOT LIKE 'pg\_%'
+ ORDER BY n.nspname, c.relname \gexec
+
+SQL
+BOTLXC_EOF
+
 # install and start the service in acme-tables
 lxc exec acme-tables -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 0700 /var/log/botlxc && sh /usr/local/lib/botlxc/install.sh </dev/null >/var/log/botlxc/install.log 2>&1; rc=$?; tail -n 20 /var/log/botlxc/install.log >&2; exit $rc'
 
@@ -370,7 +514,7 @@ lxc exec acme-tables -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m
 lxc exec acme-tables -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-tables user.botlxc.installed 9e72f1cf9f351478
+lxc config set acme-tables user.botlxc.installed 847d7eb6e6586b09
 
 # start acme-drive
 lxc start acme-drive
@@ -391,7 +535,7 @@ lxc exec acme-drive -- update-ca-certificates
 lxc config set acme-drive user.botlxc.host-ca e95ca4bf4e5b815f
 
 # clear the paths botlxc writes in acme-drive
-lxc exec acme-drive -- rm -f -- /etc/botlxc/secrets.env /usr/local/lib/botlxc/install.sh /usr/local/lib/botlxc/health.sh /etc/logrotate.d/botlxc /etc/systemd/system/drive.service
+lxc exec acme-drive -- rm -f -- /etc/botlxc/secrets.env /usr/local/lib/botlxc/install.sh /usr/local/lib/botlxc/health.sh /etc/logrotate.d/botlxc /usr/local/lib/botlxc/backup.sh /usr/local/lib/botlxc/restore.sh /usr/local/lib/botlxc/counts.sh /etc/systemd/system/drive.service
 
 # drive: secrets from the host's copy
 lxc file push /TMP/stack/.botlxc/secrets/drive.env acme-drive/etc/botlxc/secrets.env --create-dirs --mode 0600
@@ -550,6 +694,56 @@ lxc file push - acme-drive/etc/logrotate.d/botlxc --create-dirs --mode 0644 <<'B
 }
 BOTLXC_EOF
 
+# drive: /usr/local/lib/botlxc/backup.sh
+lxc file push - acme-drive/usr/local/lib/botlxc/backup.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: a backup of drive taken while it serves, as a tar stream on stdout: data/
+# (the buckets and their objects, as listed once; an object written later is not in it),
+# counts.tsv (of that list) and conf/. The counts also go to /usr/local/lib/botlxc/backup.counts.
+set -eu
+cd /
+umask 077
+work=$(mktemp -d /var/tmp/botlxc-backup.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+cd /opt/gbo
+find data -mindepth 1 -maxdepth 1 -type d > "$work/buckets"
+find data -mindepth 2 -type f > "$work/objects"
+printf 'buckets\t%s\nobjects\t%s\n' "$(wc -l < "$work/buckets")" "$(wc -l < "$work/objects")" \
+    > "$work/counts.tsv"
+install -d -m 0700 /usr/local/lib/botlxc
+cp "$work/counts.tsv" /usr/local/lib/botlxc/backup.counts
+cat "$work/buckets" "$work/objects" > "$work/list"
+tar -cf - -C "$work" counts.tsv -C /opt/gbo --no-recursion data -T "$work/list" --recursion conf
+BOTLXC_EOF
+
+# drive: /usr/local/lib/botlxc/restore.sh
+lxc file push - acme-drive/usr/local/lib/botlxc/restore.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: replace drive's buckets and objects with the backup in
+# /usr/local/lib/botlxc/restore/drive.tar.
+set -eu
+cd /
+umask 077
+tar -xf /usr/local/lib/botlxc/restore/drive.tar -C /opt/gbo --skip-old-files conf
+systemctl stop drive.service
+find /opt/gbo/data -mindepth 1 -delete
+tar -xf /usr/local/lib/botlxc/restore/drive.tar -C /opt/gbo --no-same-owner data
+chown -R drive:drive /opt/gbo/data
+systemctl start drive.service
+rm -f /usr/local/lib/botlxc/restore/drive.tar
+echo "restore: drive restored"
+BOTLXC_EOF
+
+# drive: /usr/local/lib/botlxc/counts.sh
+lxc file push - acme-drive/usr/local/lib/botlxc/counts.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: drive's counts now: buckets (top dirs) and objects (files below them).
+set -eu
+cd /opt/gbo/data
+printf 'buckets\t%s\n' "$(find . -mindepth 1 -maxdepth 1 -type d | wc -l)"
+printf 'objects\t%s\n' "$(find . -mindepth 2 -type f | wc -l)"
+BOTLXC_EOF
+
 # drive: /etc/systemd/system/drive.service
 lxc file push - acme-drive/etc/systemd/system/drive.service --create-dirs --mode 0644 <<'BOTLXC_EOF'
 # acme-drive: S3 object storage, engine rclone.
@@ -593,7 +787,7 @@ lxc exec acme-drive -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 
 lxc exec acme-drive -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-drive user.botlxc.installed bf9b6c462e150d8c
+lxc config set acme-drive user.botlxc.installed 67e67f3a53cdd6f0
 
 # start acme-cache
 lxc start acme-cache
@@ -614,7 +808,7 @@ lxc exec acme-cache -- update-ca-certificates
 lxc config set acme-cache user.botlxc.host-ca e95ca4bf4e5b815f
 
 # clear the paths botlxc writes in acme-cache
-lxc exec acme-cache -- rm -f -- /etc/botlxc/secrets.env /usr/local/lib/botlxc/install.sh /usr/local/lib/botlxc/health.sh /etc/logrotate.d/botlxc /etc/systemd/system/cache.service /opt/gbo/conf/valkey.conf
+lxc exec acme-cache -- rm -f -- /etc/botlxc/secrets.env /usr/local/lib/botlxc/install.sh /usr/local/lib/botlxc/health.sh /etc/logrotate.d/botlxc /usr/local/lib/botlxc/backup.sh /usr/local/lib/botlxc/restore.sh /usr/local/lib/botlxc/counts.sh /etc/systemd/system/cache.service /opt/gbo/conf/valkey.conf
 
 # cache: secrets from the host's copy
 lxc file push /TMP/stack/.botlxc/secrets/cache.env acme-cache/etc/botlxc/secrets.env --create-dirs --mode 0600
@@ -690,7 +884,12 @@ chmod 0750 /opt/gbo/data /opt/gbo/logs
 install -d -m 0755 /etc/botlxc
 umask 077
 hash=$(printf '%s' "$CACHE_PASSWORD" | sha256sum | cut -d ' ' -f 1)
-printf 'user default on nopass resetchannels -@all +ping +hello\nuser gbuser on #%s ~* &* +@all -@admin -@dangerous\n' "$hash" > "$ACL.tmp"
+# botlxc's own admin user (BGSAVE, LASTSAVE, SCAN for backups): its password is made here,
+# once, and never leaves the container's root-only /etc/botlxc.
+[ -s /etc/botlxc/cache-admin.pw ] ||
+    tr -dc 'A-Za-z0-9' </dev/urandom | head -c 32 > /etc/botlxc/cache-admin.pw
+admin=$(sha256sum < /etc/botlxc/cache-admin.pw | cut -d ' ' -f 1)
+printf 'user default on nopass resetchannels -@all +ping +hello\nuser gbuser on #%s ~* &* +@all -@admin -@dangerous\nuser botlxc on #%s ~* &* +@all\n' "$hash" "$admin" > "$ACL.tmp"
 chown valkey:valkey "$ACL.tmp"
 mv "$ACL.tmp" "$ACL"
 
@@ -760,6 +959,111 @@ lxc file push - acme-cache/etc/logrotate.d/botlxc --create-dirs --mode 0644 <<'B
 }
 BOTLXC_EOF
 
+# cache: /usr/local/lib/botlxc/backup.sh
+lxc file push - acme-cache/usr/local/lib/botlxc/backup.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: a backup of cache taken while it serves, as a tar stream on stdout:
+# dump.rdb from a BGSAVE that completed (LASTSAVE moved past the time it was asked for),
+# counts.tsv (its keys, counted by loading that very file in a scratch server) and conf/.
+# The counts also go to /usr/local/lib/botlxc/backup.counts.
+set -eu
+cd /
+umask 077
+# -- botlxc: valkey-cli as botlxc's admin user (templates/components/cache/admin.sh.j2) --
+# The password travels in the environment (REDISCLI_AUTH), never in argv.
+REDISCLI_AUTH=$(cat /etc/botlxc/cache-admin.pw)
+export REDISCLI_AUTH
+admin() { valkey-cli --no-auth-warning -e -h 127.0.0.1 -p 6379 --user botlxc "$@" </dev/null; }
+# Keys in every database, botlxc's own health key left out: one "keys:dbN<TAB>COUNT" each.
+count_keys() {
+    admin info keyspace | sed -n 's/^db\([0-9]*\):.*/\1/p' | while read -r db; do
+        printf 'keys:db%s\t%s\n' "$db" "$(admin -n "$db" --scan </dev/null | grep -vc '^botlxc:health$' || true)"
+    done
+}
+
+work=$(mktemp -d /var/tmp/botlxc-backup.XXXXXX)
+scratch=
+trap '[ -z "$scratch" ] || kill "$scratch" 2>/dev/null; rm -rf "$work"' EXIT
+before=$(admin lastsave)
+# LASTSAVE counts seconds: asking within the second of the last save could not be told apart.
+while [ "$(date +%s)" -le "$before" ]; do sleep 0.2; done
+admin bgsave schedule >/dev/null
+i=0
+until [ "$(admin lastsave)" -gt "$before" ]; do
+    i=$((i + 1)); [ "$i" -lt 6000 ] || { echo "backup: BGSAVE did not finish in 600 s" >&2; exit 1; }
+    sleep 0.1
+done
+admin info persistence | grep -q '^rdb_last_bgsave_status:ok' ||
+    { echo "backup: BGSAVE failed: $(admin info persistence | grep bgsave_status)" >&2; exit 1; }
+cp /opt/gbo/data/dump.rdb "$work/dump.rdb"
+# The keys of exactly this file: a server of its own on a unix socket, no port, no AOF.
+chown -R valkey "$work"
+runuser -u valkey -- valkey-server --port 0 --unixsocket "$work/s" --dir "$work" \
+    --dbfilename dump.rdb --appendonly no --save '' --daemonize no --logfile "$work/log" &
+scratch=$!
+i=0
+# (REDISCLI_AUTH is the live server's admin password: the scratch server has none)
+scratch_cli() { env -u REDISCLI_AUTH valkey-cli -s "$work/s" "$@" </dev/null; }
+until [ "$(scratch_cli ping 2>/dev/null)" = PONG ]; do
+    i=$((i + 1)); [ "$i" -lt 600 ] || { echo "backup: could not load dump.rdb to count it" >&2; exit 1; }
+    sleep 0.1
+done
+scratch_cli info keyspace | sed -n 's/^db\([0-9]*\):.*/\1/p' | while read -r db; do
+    printf 'keys:db%s\t%s\n' "$db" "$(scratch_cli -n "$db" --scan | grep -vc '^botlxc:health$' || true)"
+done > "$work/counts.tsv"
+kill "$scratch"; wait "$scratch" 2>/dev/null || true; scratch=
+rm -f "$work/s" "$work/log"
+install -d -m 0700 /usr/local/lib/botlxc
+cp "$work/counts.tsv" /usr/local/lib/botlxc/backup.counts
+tar -cf - -C "$work" dump.rdb counts.tsv -C /opt/gbo conf
+BOTLXC_EOF
+
+# cache: /usr/local/lib/botlxc/restore.sh
+lxc file push - acme-cache/usr/local/lib/botlxc/restore.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: replace cache's data with the backup in /usr/local/lib/botlxc/restore/cache.tar.
+# With appendonly on, Valkey loads its AOF, not dump.rdb: the dump becomes the base of a
+# new multi-part AOF (its manifest names it), so the next start loads exactly it.
+set -eu
+cd /
+umask 077
+work=$(mktemp -d /var/tmp/botlxc-restore.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+tar -xf /usr/local/lib/botlxc/restore/cache.tar -C "$work" dump.rdb
+tar -xf /usr/local/lib/botlxc/restore/cache.tar -C /opt/gbo --skip-old-files conf
+systemctl stop cache.service
+find /opt/gbo/data -mindepth 1 -delete
+install -d -o valkey -g valkey -m 0750 /opt/gbo/data/appendonlydir
+install -o valkey -g valkey -m 0640 "$work/dump.rdb" /opt/gbo/data/dump.rdb
+install -o valkey -g valkey -m 0640 "$work/dump.rdb" /opt/gbo/data/appendonlydir/appendonly.aof.1.base.rdb
+printf 'file appendonly.aof.1.base.rdb seq 1 type b\n' > /opt/gbo/data/appendonlydir/appendonly.aof.manifest
+chown valkey:valkey /opt/gbo/data/appendonlydir/appendonly.aof.manifest
+systemctl start cache.service
+rm -f /usr/local/lib/botlxc/restore/cache.tar
+echo "restore: cache restored"
+BOTLXC_EOF
+
+# cache: /usr/local/lib/botlxc/counts.sh
+lxc file push - acme-cache/usr/local/lib/botlxc/counts.sh --create-dirs --mode 0755 <<'BOTLXC_EOF'
+#!/bin/sh
+# botlxc: cache's counts now: keys per database ("keys:dbN<TAB>COUNT").
+set -eu
+cd /
+# -- botlxc: valkey-cli as botlxc's admin user (templates/components/cache/admin.sh.j2) --
+# The password travels in the environment (REDISCLI_AUTH), never in argv.
+REDISCLI_AUTH=$(cat /etc/botlxc/cache-admin.pw)
+export REDISCLI_AUTH
+admin() { valkey-cli --no-auth-warning -e -h 127.0.0.1 -p 6379 --user botlxc "$@" </dev/null; }
+# Keys in every database, botlxc's own health key left out: one "keys:dbN<TAB>COUNT" each.
+count_keys() {
+    admin info keyspace | sed -n 's/^db\([0-9]*\):.*/\1/p' | while read -r db; do
+        printf 'keys:db%s\t%s\n' "$db" "$(admin -n "$db" --scan </dev/null | grep -vc '^botlxc:health$' || true)"
+    done
+}
+
+count_keys
+BOTLXC_EOF
+
 # cache: /etc/systemd/system/cache.service
 lxc file push - acme-cache/etc/systemd/system/cache.service --create-dirs --mode 0644 <<'BOTLXC_EOF'
 # acme-cache: Valkey with botlxc's config (the package's own
@@ -826,4 +1130,4 @@ lxc exec acme-cache -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 
 lxc exec acme-cache -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-cache user.botlxc.installed 4613a44d7864433a
+lxc config set acme-cache user.botlxc.installed 67c3bda09df21344
