@@ -1593,6 +1593,8 @@ class Spec:
     #: the network its containers use, once prepare() has made sure of it (None: the
     #: default profile's)
     network: str = None
+    #: bring up components that run on the host (local mode) too: only a migration does
+    include_local: bool = False
 
     def name(self, component):
         return "%s-%s" % (self.tenant, component)
@@ -2266,6 +2268,38 @@ def wanted_limits(spec, component):
 _SECRET_RE = re.compile(r"[A-Za-z0-9]{16,128}")
 
 
+def local_base(stack, comp):
+    """A local component's data, conf, logs, etc and lib: beside the dirs its container
+    mounts, never inside one (no container can reach it)."""
+    return stack / comp / "local"
+
+
+def local_record(stack, comp):
+    return stack / STATE_DIR / "local" / (comp + ".json")
+
+
+def read_local(stack, comp):
+    """{"ports": {name: port}, "unit": ...} of a component installed locally, or None."""
+    if stack is None or lstat_or_none(local_record(stack, comp)) is None:
+        return None
+    try:
+        record = json.loads(read_file(local_record(stack, comp)) or "null")
+        ports = {str(k): int(v) for k, v in record["ports"].items()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise BotlxcError("%s is damaged: remove it by hand once %s's local service is "
+                          "stopped" % (local_record(stack, comp), comp)) from None
+    return dict(record, ports=ports)
+
+
+def local_ports(stack):
+    """{(component, port name): host port} of the stack's local components."""
+    found = {}
+    for comp in COMPONENTS:
+        for name, port in ((read_local(stack, comp) or {}).get("ports") or {}).items():
+            found[(comp, name)] = port
+    return found
+
+
 def secrets_master(spec, component):
     return spec.stack / STATE_DIR / "secrets" / (component + ".env")
 
@@ -2342,6 +2376,8 @@ def ensure_secrets(runner, spec, ports, shown_argv, rotate=()):
 
     Components in `rotate` get new secrets (applied to the services by their install).
     """
+    # A component that runs on the host is reached there (its container, if any, is stopped).
+    ports = {**ports, **local_ports(spec.stack)}
     values, to_write = {}, {}
     for comp in spec.components:
         keys = COMPONENTS[comp].secret_keys
@@ -2389,16 +2425,57 @@ def ensure_secrets(runner, spec, ports, shown_argv, rotate=()):
 # ---- services inside
 
 
-def render_files(spec, component):
-    """The component's rendered files: [(destination, mode, content)]."""
+@dataclasses.dataclass(frozen=True)
+class Place:
+    """Where a component's files and service are: in its container (these defaults, the
+    paths the registry names) or, in local mode, on the host under its stack."""
+
+    root: str = MOUNT_ROOT
+    etc: str = "/etc/botlxc"
+    lib_dir: str = LIB_DIR
+    secrets_in: str = SECRETS_IN
+    unit_dir: str = "/etc/systemd/system"
+    #: local mode: "botlxc-<tenant>-", so that tenants' units on one host differ
+    unit_prefix: str = ""
+    logrotate: str = "/etc/logrotate.d/botlxc"
+    #: where svc keeps the pid of a service started without systemd (local mode)
+    pidfile: str = ""
+    local: bool = False
+
+    def dest(self, path, component):
+        """A registry destination (a container path) at this place."""
+        for prefix, there in ((MOUNT_ROOT + "/", self.root + "/"),
+                              (LIB_DIR + "/", self.lib_dir + "/"),
+                              ("/etc/botlxc/", self.etc + "/"),
+                              ("/etc/systemd/system/", self.unit_dir + "/" + self.unit_prefix)):
+            if path.startswith(prefix):
+                return there + path[len(prefix):]
+        if path == "/etc/logrotate.d/botlxc":
+            return self.logrotate
+        if self.local:
+            raise BadInput("%s cannot run on the host: its file %s has no place outside its "
+                           "container" % (component, path))
+        return path
+
+
+IN_CONTAINER = Place()
+
+
+def render_files(spec, component, place=IN_CONTAINER, ports=None):
+    """The component's rendered files: [(destination, mode, content)]; ports: {name: port}
+    it listens on (default: the container's own)."""
     comp = COMPONENTS[component]
     engine = spec.engine_of(component)
+    unit = place.unit_prefix + comp.units[0]
     ctx = {"tenant": spec.tenant, "component": component, "engine": engine,
-           "ports": {p.name: p.port for p in comp.ports_for(engine)}, "secrets_in": SECRETS_IN,
-           "user": comp.user, "lib_dir": LIB_DIR}
-    return [(dest, mode, render(template if "/" in template else
-                                "components/%s/%s" % (component, template), **ctx))
-            for template, dest, mode in comp.files_for(engine)]
+           "ports": ports or {p.name: p.port for p in comp.ports_for(engine)},
+           "secrets_in": place.secrets_in, "user": comp.user, "lib_dir": place.lib_dir,
+           "root": place.root, "etc": place.etc, "unit": unit,
+           "unit_file": place.unit_dir + "/" + unit,
+           "pidfile": place.pidfile or "/run/%s.pid" % unit, "local": place.local}
+    return [(place.dest(dest, component), mode, render(
+        template if "/" in template else "components/%s/%s" % (component, template), **ctx))
+        for template, dest, mode in comp.files_for(engine)]
 
 
 @FLAKY
@@ -2555,6 +2632,11 @@ def prepare(runner, spec):
                            "(down, then up with --engine %s=%s)"
                            % (spec.name(comp), comp, engine, comp, spec.engine_of(comp)))
     spec.stack = resolve_stack(spec, snapshot)
+    here = [c for c in spec.components if read_local(spec.stack, c)]
+    if here and not spec.include_local:
+        say("%s run%s on the host (local mode), left alone: botlxc migrate to-container %s "
+            "moves it back" % (", ".join(here), "s" if len(here) == 1 else "", here[0]))
+        spec.components = tuple(c for c in spec.components if c not in here)
     unmarked = check_stack(spec, snapshot)
     ports = allocate_ports(spec, snapshot, listeners)
     # Every refusal is behind us: from here on, changes.
@@ -3646,6 +3728,248 @@ def restore_bundle(op, path, force, stack_dir=None):
     return bundle
 
 
+# ---- local mode: a component natively on the host, from the same templates; migration
+
+#: Local mode's paths go into shell scripts and unit files unquoted: plain characters only.
+_LOCAL_PATH_RE = re.compile(r"/[A-Za-z0-9._/-]*")
+#: Run on the host by local mode (the component's own svc: systemctl, or start-stop-daemon).
+SVC_SCRIPT = ("common/svc-cli.sh.j2", LIB_DIR + "/svc.sh", "0755")
+
+
+def local_place(spec, comp):
+    base = local_base(spec.stack, comp)
+    if not _LOCAL_PATH_RE.fullmatch(str(base)):
+        raise BadInput("local mode needs a stack path of letters, digits and ._/- only (it "
+                       "goes into scripts and unit files): %s" % spec.stack)
+    return Place(root=str(base), etc=str(base / "etc"), lib_dir=str(base / "lib"),
+                 secrets_in=str(secrets_master(spec, comp)),
+                 unit_dir="/etc/systemd/system" if spec.host.systemd else str(base / "etc"),
+                 unit_prefix="botlxc-%s-" % spec.tenant,
+                 logrotate="/etc/logrotate.d/botlxc-%s-%s" % (spec.tenant, comp),
+                 pidfile="%s/local-%s-%s.pid" % (spec.host.run_dir, spec.tenant, comp),
+                 local=True)
+
+
+def local_files(spec, comp, ports):
+    place = local_place(spec, comp)
+    files = render_files(spec, comp, place, ports)
+    dest = place.dest(SVC_SCRIPT[1], comp)
+    return place, files + [(dest, SVC_SCRIPT[2], render(SVC_SCRIPT[0], **{
+        "unit": place.unit_prefix + COMPONENTS[comp].units[0], "root": place.root,
+        "unit_file": place.unit_dir + "/" + place.unit_prefix + COMPONENTS[comp].units[0],
+        "pidfile": place.pidfile}))]
+
+
+def local_health(runner, place, wait=0):
+    """(ok, message) of the local service's health script, waiting up to `wait` seconds."""
+    deadline = time.monotonic() + wait
+    while True:
+        proc = runner.read(["sh", place.lib_dir + "/health.sh"], check=False,
+                           step="local health")
+        lines = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
+        if proc.returncode == 0 or runner.dry_run or time.monotonic() >= deadline:
+            return proc.returncode == 0, lines[-1] if lines else "exit %d" % proc.returncode
+        time.sleep(2)
+
+
+def install_local(op, spec, comp, ports):
+    """The component on the host: dirs, rendered files (same templates, host paths, the
+    host ports), its install script run as root, health waited for; then recorded."""
+    runner, step = op.runner, "%s (local)" % comp
+    place, files = local_files(spec, comp, ports)
+    base = Path(place.root)
+    runner.change(["install", "-d", "-m", "0755", str(base.parent), str(base)] + [
+        str(base / d) for d in HOST_DIRS + ("etc", "lib")], "%s: its dirs on the host" % comp,
+        step=step)
+    for dest, mode, content in files:
+        runner.change(["install", "-D", "-m", mode, "/dev/stdin", dest],
+                      "%s (local): %s" % (comp, dest), input=content, step=step)
+    say("%-16s installing %s on the host" % (spec.name(comp), COMPONENTS[comp].summary))
+    runner.change(["sh", "-c", 'sh "$1" </dev/null >"$2" 2>&1; rc=$?; tail -n 20 "$2" >&2; '
+                   'exit $rc', "install", place.lib_dir + "/install.sh",
+                   place.etc + "/install.log"],
+                  "install and start %s on the host" % comp, step=step + ": install")
+    ok, message = local_health(runner, place, wait=90)
+    if not ok:
+        raise BotlxcError("%s (local): unhealthy after install: %s (log: %s/logs)"
+                          % (comp, message, place.root))
+    record = {"ports": ports, "unit": place.unit_prefix + COMPONENTS[comp].units[0],
+              "systemd": spec.host.systemd, "installed": stamp()}
+    runner.local(["install", "-m", "0600", "/dev/stdin", str(local_record(spec.stack, comp))],
+                 "remember that %s runs on the host" % comp, lambda: (
+                     os.close(private_dir(spec.stack / STATE_DIR / "local")),
+                     write_private(local_record(spec.stack, comp),
+                                   json.dumps(record, sort_keys=True) + "\n")))
+    return place
+
+
+def stop_local(runner, spec, comp, forget=True):
+    """Stop the host service; with forget, also its unit, logrotate file and record (the
+    data, conf and logs stay)."""
+    record = read_local(spec.stack, comp)
+    place = local_place(spec, comp)
+    step = "%s (local)" % comp
+    if lstat_or_none(Path(place.lib_dir) / "svc.sh") is not None:
+        runner.change(["sh", place.lib_dir + "/svc.sh", "stop", record["unit"] if record else
+                       place.unit_prefix + COMPONENTS[comp].units[0]],
+                      "stop %s on the host" % comp, step=step)
+        if spec.host.systemd:
+            runner.change(["sh", place.lib_dir + "/svc.sh", "disable", "-q",
+                           place.unit_prefix + COMPONENTS[comp].units[0]],
+                          "not started at boot any more", step=step)
+    if not forget:
+        return
+    unit = Path(place.unit_dir) / (place.unit_prefix + COMPONENTS[comp].units[0])
+    runner.change(["rm", "-f", str(unit), place.logrotate,
+                   str(local_record(spec.stack, comp))],
+                  "%s no longer runs on the host (data stays in %s)" % (comp, place.root),
+                  step=step)
+
+
+def local_spec(op, comp, stack_dir=None):
+    """A Spec for one component of this tenant, its stack found and checked (a new one is
+    made and marked)."""
+    mine = op.snapshot["mine"]
+    spec = Spec(tenant=op.tenant, components=(comp,), stack=None, host=op.host)
+    if mine:
+        inst = next(iter(mine.values()))
+        spec = same_as(op, inst, components=(comp,))
+        spec.stack = tenant_stack(op)
+    else:
+        spec.stack = check_host_path(Path(os.path.abspath(str(stack_dir or
+                                                              default_stack(op.tenant)))))
+        owner = stack_owner(spec.stack) if lstat_or_none(spec.stack) is not None else None
+        if owner not in (None, op.tenant):
+            raise BadInput("%s is tenant %s's stack" % (spec.stack, owner))
+        if owner is None:
+            mark_stack(op.runner, spec)
+    local_place(spec, comp)  # a path local mode can use, checked before anything changes
+    return spec
+
+
+def local_allocation(op, spec, comp):
+    """Host ports for a local component: kept, or chosen as its container's would be (its
+    default first), avoiding every container's proxy, this tenant's included."""
+    record = read_local(spec.stack, comp)
+    if record:
+        return record["ports"]
+    with op.host_lock():
+        ports = allocate_ports(spec, {"all": op.snapshot["all"], "mine": {}},
+                               host_listeners(op.runner))
+    return {name: port for (c, name), port in ports.items() if c == comp}
+
+
+def cmd_install_local(op, comp, stack_dir):
+    if not COMPONENTS[comp].renders("counts.sh.j2"):
+        raise BadInput("%s has no local mode" % comp)
+    inst = op.snapshot["mine"].get(comp)
+    if inst is not None and inst.get("status") == "Running":
+        raise BadInput("%s runs in container %s: botlxc migrate to-local %s --tenant %s moves "
+                       "it, data included" % (comp, inst["name"], comp, op.tenant))
+    spec = local_spec(op, comp, stack_dir)
+    ports = local_allocation(op, spec, comp)
+    ensure_secrets(op.runner, spec, {(comp, n): p for n, p in ports.items()}, self_argv())
+    install_local(op, spec, comp, ports)
+    return spec, ports
+
+
+def local_counts(runner, place):
+    proc = runner.read(["sh", place.lib_dir + "/counts.sh"], check=False, step="local counts")
+    if proc.returncode != 0:
+        raise BotlxcError("%s (local): counting failed: %s" % (place.root, last_words(proc)))
+    return parse_counts(proc.stdout, "local " + place.root)
+
+
+def migrate(op, comp, to):
+    """One component between its container and the host: a backup of the old side, the new
+    side brought up and the backup restored into it, the counts compared, .env pointed at the
+    new side, and only then the old side stopped. On any difference the old side keeps
+    serving, .env is unchanged, and it exits 1 saying what differed."""
+    if not COMPONENTS[comp].renders("backup.sh.j2"):
+        raise BadInput("%s has no backup scripts, so it cannot be migrated" % comp)
+    spec = local_spec(op, comp)
+    record = read_local(spec.stack, comp)
+    work = spec.stack / STATE_DIR / "migrate"
+    archive = work / ("%s-%s.tar" % (comp, stamp()))
+    step = "migrate %s %s" % (to, comp)
+    runner = op.runner
+    if to == "local":
+        if record:
+            raise BadInput("%s runs on the host already" % comp)
+        ((_, inst),) = chosen(op, [comp])
+        serving(op, [(comp, inst)], "migrate")
+        name = inst["name"]
+        runner.change(["install", "-d", "-m", "0700", str(work)], "a root-only work dir",
+                      step=step)
+        runner.to_file(["lxc", "exec", name, "--", "sh", LIB_DIR + "/backup.sh"], archive,
+                       "%s: a consistent backup of the container's data" % comp, step=step)
+        want = parse_counts(lxc_exec(runner, name, ["cat", LIB_DIR + "/backup.counts"]).stdout,
+                            name) if not runner.dry_run else {}
+        ports = local_allocation(op, spec, comp)
+        try:
+            place = install_local(op, spec, comp, ports)
+            runner.change(["install", "-D", "-m", "0600", str(archive),
+                           "%s/restore/%s.tar" % (place.lib_dir, comp)],
+                          "the backup, where the host's restore.sh reads it", step=step)
+            runner.change(["sh", place.lib_dir + "/restore.sh"],
+                          "%s: the container's data into the host's service" % comp, step=step)
+            ok, message = local_health(runner, place, wait=90)
+            got = local_counts(runner, place) if not runner.dry_run else {}
+            differ = count_differences(want, got)
+            if not ok or differ:
+                raise BotlxcError("migrate to-local %s: %s; the container keeps serving, .env "
+                                  "is unchanged" % (comp, "; ".join(differ[:10]) if differ
+                                                    else "unhealthy: " + message))
+        except BaseException:
+            if not runner.dry_run and read_local(spec.stack, comp):
+                stop_local(runner, spec, comp)
+            raise
+        finally:
+            runner.change(["rm", "-f", str(archive)], "the migration's backup is used",
+                          always=True, step=step)
+        ensure_secrets(runner, spec, existing_ports(spec, op.snapshot), self_argv())
+        stop_components(runner, [(comp, inst)])
+        return ports
+    # to the container
+    if not record:
+        raise BadInput("%s does not run on the host (botlxc install %s --local)" % (comp, comp))
+    place = local_place(spec, comp)
+    ok, message = local_health(runner, place)
+    if not ok:
+        raise BotlxcError("%s (local) is not healthy: %s; fix it first (its data is in %s)"
+                          % (comp, message, place.root))
+    runner.change(["install", "-d", "-m", "0700", str(work)], "a root-only work dir", step=step)
+    runner.to_file(["sh", place.lib_dir + "/backup.sh"], archive,
+                   "%s: a consistent backup of the host's data" % comp, step=step)
+    want = parse_counts(read_file(Path(place.lib_dir) / "backup.counts"), "local") \
+        if not runner.dry_run else {}
+    try:
+        spec.include_local = True
+        converge(op, spec)
+        op._snapshot = None
+        ((_, inst),) = chosen(op, [comp])
+        name = inst["name"]
+        lxc_exec(runner, name, ["rm", "-f", "--", "%s/restore/%s.tar" % (LIB_DIR, comp)],
+                 why="clear the path of the upload", step=name + ": upload")
+        lxc_file_push(runner, name, "%s/restore/%s.tar" % (LIB_DIR, comp), "0600",
+                      "%s: the host's data" % comp, source=str(archive))
+        lxc_exec(runner, name, ["sh", LIB_DIR + "/restore.sh"],
+                 why="%s: the host's data into the container" % comp, step=name + ": restore")
+        wait_healthy(runner, name, comp, "after the restore")
+        differ = count_differences(want, live_counts(runner, name)) \
+            if not runner.dry_run else []
+        if differ:
+            stop_components(runner, [(comp, inst)])
+            raise BotlxcError("migrate to-container %s: %s; the host's service keeps serving, "
+                              ".env is unchanged" % (comp, "; ".join(differ[:10])))
+    finally:
+        runner.change(["rm", "-f", str(archive)], "the migration's backup is used",
+                      always=True, step=step)
+    stop_local(runner, spec, comp)
+    ensure_secrets(runner, spec, existing_ports(spec, op.snapshot), self_argv())
+    return {n: p for (c, n), p in existing_ports(spec, op.snapshot).items() if c == comp}
+
+
 def human(size):
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -4459,6 +4783,75 @@ def cmd_restore(bundle, tenant, force, stack_dir, dry_run, wait):
     if not dry_run:
         say("restored %s into tenant %s: its .env has the bundle's credentials"
             % (bundle, tenant))
+
+
+def check_one_component(component, **options):
+    return dict(options, component=validate_components([component])[0])
+
+
+@tenant_command("install", check=lambda component, local, stack_dir: dict(
+    check_one_component(component), local=local, stack_dir=Path(validate_path(
+        stack_dir, "--stack-dir")) if stack_dir else None))
+@click.argument("component")
+@click.option("--local", is_flag=True,
+              help="On this host, natively (containers: botlxc up -c COMPONENT).")
+@click.option("--stack-dir", help="Host root of a new tenant's dirs.")
+def cmd_install(op, component, local, stack_dir):
+    """Install COMPONENT natively on this host (local mode): the same packages, config and
+    templates as its container, data under the tenant's stack, a port as its container's
+    would be, .env pointed at it."""
+    if not local:
+        raise BadInput("install needs --local (in a container: botlxc up -c %s)" % component)
+    spec, ports = cmd_install_local(op, component, stack_dir)
+    if not op.runner.dry_run:
+        say("%s runs on the host for tenant %s: ports %s; data in %s; %s" % (
+            component, op.tenant, ", ".join("%s=127.0.0.1:%d" % kv for kv in sorted(
+                ports.items())), local_base(spec.stack, component),
+            "a systemd unit, started at boot" if op.host.systemd else
+            "no systemd here: started with start-stop-daemon, not at boot (after a reboot "
+            "`botlxc install %s --local -t %s` starts it again)" % (component, op.tenant)))
+
+
+@tenant_command("uninstall", check=lambda component, local, purge: dict(
+    check_one_component(component), local=local, purge=purge))
+@click.argument("component")
+@click.option("--local", is_flag=True, help="The copy on this host (default: its container).")
+@click.option("--purge-data", "purge", is_flag=True,
+              help="Also delete its data, conf and logs (cannot be undone).")
+def cmd_uninstall(op, component, local, purge):
+    """Remove COMPONENT's service (its container, or with --local the host's); its data
+    stays unless --purge-data."""
+    if local:
+        spec = local_spec(op, component)
+        if not read_local(spec.stack, component):
+            raise BadInput("%s does not run on the host for tenant %s" % (component, op.tenant))
+        stop_local(op.runner, spec, component)
+        where = local_base(spec.stack, component)
+    else:
+        chosen(op, [component])
+        stack = tenant_stack(op)
+        down(op.runner, op.snapshot, (component,))
+        where = stack / component
+    if purge:
+        op.runner.change(["rm", "-rf", "--one-file-system", str(where)] if local else [
+            "rm", "-rf", "--one-file-system", *[str(where / d) for d in HOST_DIRS]],
+            "delete %s's data, conf and logs (--purge-data)" % component, step="uninstall")
+    elif not op.runner.dry_run:
+        say("%s's data stays in %s" % (component, where))
+
+
+@tenant_command("migrate", check=lambda direction, component: dict(
+    check_one_component(component), direction=direction))
+@click.argument("direction", type=click.Choice(["to-container", "to-local"]))
+@click.argument("component")
+def cmd_migrate(op, direction, component):
+    """Move COMPONENT between its container and this host, data included: backup, the other
+    side up, restore, counts compared, .env switched, then the old side stopped."""
+    ports = migrate(op, component, direction[3:])
+    if not op.runner.dry_run:
+        say("%s now serves from %s: %s (.env updated)" % (
+            component, "the host" if direction == "to-local" else "its container",
+            ", ".join("%s=%d" % kv for kv in sorted(ports.items()))))
 
 
 @cli.group("ports", invoke_without_command=True)

@@ -36,7 +36,8 @@ def test_zipapp_plans_a_tenant_with_its_bundled_templates(fp, tmp_path):
     argv = [sys.executable, "-I", "-S", "-c",
             "import sys; sys.path.insert(0, 'botlxc.pyz'); import botlxc; "
             "print(botlxc.render('components/cache/valkey.conf.j2', tenant='t', "
-            "component='cache', engine='', ports={'valkey': 6379}, pip_index_url=''))"]
+            "component='cache', engine='', ports={'valkey': 6379}, root='/opt/gbo', "
+            "etc='/etc/botlxc'))"]
     fp.pass_command(argv)
     proc = subprocess.run(argv, cwd=elsewhere, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -122,6 +122,44 @@ lxc file push - acme-tables/usr/local/lib/botlxc/install.sh --create-dirs --mode
 # Idempotent: every step checks first; existing data in /opt/gbo/data is always reused.
 # -- botlxc's common prelude (templates/common/prelude.sh.j2) --
 set -eu
+# -- botlxc's svc (templates/common/svc.sh.j2): systemctl where systemd runs. On a host
+# without it (local mode) it runs the unit file's own ExecStart as its User under
+# start-stop-daemon, with a pid file; units other than tables.service have nothing to do there.
+svc() {
+    if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
+    _verb=$1; shift
+    while [ "${1#-}" != "$1" ]; do shift; done
+    [ "${1:-}" = "tables.service" ] || return 0
+    _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/tables.service" | tail -n 1)
+    case "$_verb" in
+        is-active) start-stop-daemon --status --pidfile "/run/tables.service.pid" --exec "$_bin" ;;
+        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/tables.service.pid" \
+                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        start) _svc_start ;;
+        restart) svc stop "$1" && _svc_start ;;
+        *) return 0 ;;
+    esac
+}
+_svc_start() {
+    start-stop-daemon --status --pidfile "/run/tables.service.pid" --exec "$_bin" && return 0
+    (
+        # The unit's EnvironmentFile, parsed (KEY=VALUE lines), never sourced.
+        _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/tables.service" | tail -n 1)
+        if [ -n "$_env" ] && [ -r "$_env" ]; then
+            while IFS= read -r _line; do
+                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+            done < "$_env"
+        fi
+        # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
+        # shellcheck disable=SC2046
+        exec start-stop-daemon --start --quiet --background --make-pidfile \
+            --pidfile "/run/tables.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/tables.service" | tail -n 1)" \
+            --chdir / --output "/opt/gbo/logs/tables.service.out" --exec "$_bin" -- \
+            $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/tables.service" | tail -n 1)
+    )
+}
+# -- end of svc --
+
 export DEBIAN_FRONTEND=noninteractive
 cd /   # runuser keeps the cwd; /root is not readable by service users
 # Pushed by botlxc from the host's root-only copy; on the container's own filesystem.
@@ -160,7 +198,7 @@ if [ -n "$missing" ]; then
     # Debian's package would create and start its own "main" cluster; we run ours.
     mkdir -p /etc/postgresql-common
     echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf
-    systemctl mask postgresql.service
+    svc mask postgresql.service
     apt_install -o Dpkg::Options::=--force-confold $missing
 fi
 
@@ -189,16 +227,16 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     mv "$PGDATA.init" "$PGDATA"
 fi
 
-systemctl daemon-reload
-systemctl enable -q tables.service
+svc daemon-reload
+svc enable -q tables.service
 # Restart only when the unit or a config file changed since the last run; a re-run
 # with nothing changed keeps every client connected.
 install -d -m 0755 /etc/botlxc
 stamp=$(cd /opt/gbo/conf && cat /etc/systemd/system/tables.service postgresql.conf pg_hba.conf pg_ident.conf | sha256sum)
-if ! systemctl is-active -q tables.service; then
-    systemctl start tables.service
+if ! svc is-active -q tables.service; then
+    svc start tables.service
 elif [ "$stamp" != "$(cat /etc/botlxc/tables.stamp 2>/dev/null)" ]; then
-    systemctl restart tables.service
+    svc restart tables.service
 fi
 i=0
 until runuser -u postgres -- "$PGBIN/pg_isready" -q -h /run/postgresql -p 5432; do
@@ -225,7 +263,45 @@ lxc file push - acme-tables/usr/local/lib/botlxc/health.sh --create-dirs --mode 
 #!/bin/sh
 # botlxc: exit 0 only if PostgreSQL answers `select 1` as gbuser over TCP 127.0.0.1:5432.
 set -u
-fail() { echo "tables: $* (tables.service $(systemctl is-active tables.service))"; exit 1; }
+# -- botlxc's svc (templates/common/svc.sh.j2): systemctl where systemd runs. On a host
+# without it (local mode) it runs the unit file's own ExecStart as its User under
+# start-stop-daemon, with a pid file; units other than tables.service have nothing to do there.
+svc() {
+    if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
+    _verb=$1; shift
+    while [ "${1#-}" != "$1" ]; do shift; done
+    [ "${1:-}" = "tables.service" ] || return 0
+    _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/tables.service" | tail -n 1)
+    case "$_verb" in
+        is-active) start-stop-daemon --status --pidfile "/run/tables.service.pid" --exec "$_bin" ;;
+        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/tables.service.pid" \
+                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        start) _svc_start ;;
+        restart) svc stop "$1" && _svc_start ;;
+        *) return 0 ;;
+    esac
+}
+_svc_start() {
+    start-stop-daemon --status --pidfile "/run/tables.service.pid" --exec "$_bin" && return 0
+    (
+        # The unit's EnvironmentFile, parsed (KEY=VALUE lines), never sourced.
+        _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/tables.service" | tail -n 1)
+        if [ -n "$_env" ] && [ -r "$_env" ]; then
+            while IFS= read -r _line; do
+                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+            done < "$_env"
+        fi
+        # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
+        # shellcheck disable=SC2046
+        exec start-stop-daemon --start --quiet --background --make-pidfile \
+            --pidfile "/run/tables.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/tables.service" | tail -n 1)" \
+            --chdir / --output "/opt/gbo/logs/tables.service.out" --exec "$_bin" -- \
+            $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/tables.service" | tail -n 1)
+    )
+}
+# -- end of svc --
+
+fail() { echo "tables: $* (tables.service $(svc is-active tables.service))"; exit 1; }
 PGPASSWORD=$(sed -n 's/^TABLES_PASSWORD=//p' /etc/botlxc/secrets.env 2>/dev/null | tail -n 1)
 [ -n "$PGPASSWORD" ] || fail "no TABLES_PASSWORD in /etc/botlxc/secrets.env"
 export PGPASSWORD
@@ -319,6 +395,44 @@ lxc file push - acme-tables/usr/local/lib/botlxc/restore.sh --create-dirs --mode
 # (the roles, then database botserver dropped and restored from the dump). The conf
 # files the backup has and this container lacks come back; botlxc's own stay.
 set -eu
+# -- botlxc's svc (templates/common/svc.sh.j2): systemctl where systemd runs. On a host
+# without it (local mode) it runs the unit file's own ExecStart as its User under
+# start-stop-daemon, with a pid file; units other than tables.service have nothing to do there.
+svc() {
+    if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
+    _verb=$1; shift
+    while [ "${1#-}" != "$1" ]; do shift; done
+    [ "${1:-}" = "tables.service" ] || return 0
+    _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/tables.service" | tail -n 1)
+    case "$_verb" in
+        is-active) start-stop-daemon --status --pidfile "/run/tables.service.pid" --exec "$_bin" ;;
+        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/tables.service.pid" \
+                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        start) _svc_start ;;
+        restart) svc stop "$1" && _svc_start ;;
+        *) return 0 ;;
+    esac
+}
+_svc_start() {
+    start-stop-daemon --status --pidfile "/run/tables.service.pid" --exec "$_bin" && return 0
+    (
+        # The unit's EnvironmentFile, parsed (KEY=VALUE lines), never sourced.
+        _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/tables.service" | tail -n 1)
+        if [ -n "$_env" ] && [ -r "$_env" ]; then
+            while IFS= read -r _line; do
+                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+            done < "$_env"
+        fi
+        # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
+        # shellcheck disable=SC2046
+        exec start-stop-daemon --start --quiet --background --make-pidfile \
+            --pidfile "/run/tables.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/tables.service" | tail -n 1)" \
+            --chdir / --output "/opt/gbo/logs/tables.service.out" --exec "$_bin" -- \
+            $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/tables.service" | tail -n 1)
+    )
+}
+# -- end of svc --
+
 cd /
 umask 077
 PGBIN=/usr/lib/postgresql/15/bin
@@ -514,7 +628,7 @@ lxc exec acme-tables -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m
 lxc exec acme-tables -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-tables user.botlxc.installed 847d7eb6e6586b09
+lxc config set acme-tables user.botlxc.installed 402e9df489d72f48
 
 # start acme-drive
 lxc start acme-drive
@@ -547,6 +661,44 @@ lxc file push - acme-drive/usr/local/lib/botlxc/install.sh --create-dirs --mode 
 # Idempotent: every step checks first; existing objects in /opt/gbo/data are always reused.
 # -- botlxc's common prelude (templates/common/prelude.sh.j2) --
 set -eu
+# -- botlxc's svc (templates/common/svc.sh.j2): systemctl where systemd runs. On a host
+# without it (local mode) it runs the unit file's own ExecStart as its User under
+# start-stop-daemon, with a pid file; units other than drive.service have nothing to do there.
+svc() {
+    if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
+    _verb=$1; shift
+    while [ "${1#-}" != "$1" ]; do shift; done
+    [ "${1:-}" = "drive.service" ] || return 0
+    _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/drive.service" | tail -n 1)
+    case "$_verb" in
+        is-active) start-stop-daemon --status --pidfile "/run/drive.service.pid" --exec "$_bin" ;;
+        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/drive.service.pid" \
+                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        start) _svc_start ;;
+        restart) svc stop "$1" && _svc_start ;;
+        *) return 0 ;;
+    esac
+}
+_svc_start() {
+    start-stop-daemon --status --pidfile "/run/drive.service.pid" --exec "$_bin" && return 0
+    (
+        # The unit's EnvironmentFile, parsed (KEY=VALUE lines), never sourced.
+        _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/drive.service" | tail -n 1)
+        if [ -n "$_env" ] && [ -r "$_env" ]; then
+            while IFS= read -r _line; do
+                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+            done < "$_env"
+        fi
+        # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
+        # shellcheck disable=SC2046
+        exec start-stop-daemon --start --quiet --background --make-pidfile \
+            --pidfile "/run/drive.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/drive.service" | tail -n 1)" \
+            --chdir / --output "/opt/gbo/logs/drive.service.out" --exec "$_bin" -- \
+            $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/drive.service" | tail -n 1)
+    )
+}
+# -- end of svc --
+
 export DEBIAN_FRONTEND=noninteractive
 cd /   # runuser keeps the cwd; /root is not readable by service users
 # Pushed by botlxc from the host's root-only copy; on the container's own filesystem.
@@ -626,14 +778,14 @@ umask 077
 printf 'RCLONE_AUTH_KEY=%s"%s,%s"%s\n' "'" "$DRIVE_ACCESSKEY" "$DRIVE_SECRET" "'" > "$ENVFILE.tmp"
 mv "$ENVFILE.tmp" "$ENVFILE"
 
-systemctl daemon-reload
-systemctl enable -q drive.service
+svc daemon-reload
+svc enable -q drive.service
 # Restart only after a repair or when something the server reads at start changed.
 stamp=$(cat /etc/systemd/system/drive.service "$ENVFILE" | sha256sum)
-if ! systemctl is-active -q drive.service; then
-    systemctl start drive.service
+if ! svc is-active -q drive.service; then
+    svc start drive.service
 elif [ -n "$reowned" ] || [ "$stamp" != "$(cat /etc/botlxc/drive.stamp 2>/dev/null)" ]; then
-    systemctl restart drive.service
+    svc restart drive.service
 fi
 i=0
 until ss -Hltn 'sport = :9000' | grep -q .; do
@@ -649,7 +801,45 @@ lxc file push - acme-drive/usr/local/lib/botlxc/health.sh --create-dirs --mode 0
 #!/bin/sh
 # botlxc: exit 0 only if an authenticated S3 ListBuckets on 127.0.0.1:9000 succeeds.
 set -u
-fail() { echo "drive: $* (drive.service $(systemctl is-active drive.service))"; exit 1; }
+# -- botlxc's svc (templates/common/svc.sh.j2): systemctl where systemd runs. On a host
+# without it (local mode) it runs the unit file's own ExecStart as its User under
+# start-stop-daemon, with a pid file; units other than drive.service have nothing to do there.
+svc() {
+    if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
+    _verb=$1; shift
+    while [ "${1#-}" != "$1" ]; do shift; done
+    [ "${1:-}" = "drive.service" ] || return 0
+    _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/drive.service" | tail -n 1)
+    case "$_verb" in
+        is-active) start-stop-daemon --status --pidfile "/run/drive.service.pid" --exec "$_bin" ;;
+        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/drive.service.pid" \
+                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        start) _svc_start ;;
+        restart) svc stop "$1" && _svc_start ;;
+        *) return 0 ;;
+    esac
+}
+_svc_start() {
+    start-stop-daemon --status --pidfile "/run/drive.service.pid" --exec "$_bin" && return 0
+    (
+        # The unit's EnvironmentFile, parsed (KEY=VALUE lines), never sourced.
+        _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/drive.service" | tail -n 1)
+        if [ -n "$_env" ] && [ -r "$_env" ]; then
+            while IFS= read -r _line; do
+                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+            done < "$_env"
+        fi
+        # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
+        # shellcheck disable=SC2046
+        exec start-stop-daemon --start --quiet --background --make-pidfile \
+            --pidfile "/run/drive.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/drive.service" | tail -n 1)" \
+            --chdir / --output "/opt/gbo/logs/drive.service.out" --exec "$_bin" -- \
+            $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/drive.service" | tail -n 1)
+    )
+}
+# -- end of svc --
+
+fail() { echo "drive: $* (drive.service $(svc is-active drive.service))"; exit 1; }
 secret() { sed -n "s/^$1=//p" /etc/botlxc/secrets.env 2>/dev/null | tail -n 1; }
 AK=$(secret DRIVE_ACCESSKEY)
 SK=$(secret DRIVE_SECRET)
@@ -722,14 +912,52 @@ lxc file push - acme-drive/usr/local/lib/botlxc/restore.sh --create-dirs --mode 
 # botlxc: replace drive's buckets and objects with the backup in
 # /usr/local/lib/botlxc/restore/drive.tar.
 set -eu
+# -- botlxc's svc (templates/common/svc.sh.j2): systemctl where systemd runs. On a host
+# without it (local mode) it runs the unit file's own ExecStart as its User under
+# start-stop-daemon, with a pid file; units other than drive.service have nothing to do there.
+svc() {
+    if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
+    _verb=$1; shift
+    while [ "${1#-}" != "$1" ]; do shift; done
+    [ "${1:-}" = "drive.service" ] || return 0
+    _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/drive.service" | tail -n 1)
+    case "$_verb" in
+        is-active) start-stop-daemon --status --pidfile "/run/drive.service.pid" --exec "$_bin" ;;
+        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/drive.service.pid" \
+                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        start) _svc_start ;;
+        restart) svc stop "$1" && _svc_start ;;
+        *) return 0 ;;
+    esac
+}
+_svc_start() {
+    start-stop-daemon --status --pidfile "/run/drive.service.pid" --exec "$_bin" && return 0
+    (
+        # The unit's EnvironmentFile, parsed (KEY=VALUE lines), never sourced.
+        _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/drive.service" | tail -n 1)
+        if [ -n "$_env" ] && [ -r "$_env" ]; then
+            while IFS= read -r _line; do
+                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+            done < "$_env"
+        fi
+        # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
+        # shellcheck disable=SC2046
+        exec start-stop-daemon --start --quiet --background --make-pidfile \
+            --pidfile "/run/drive.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/drive.service" | tail -n 1)" \
+            --chdir / --output "/opt/gbo/logs/drive.service.out" --exec "$_bin" -- \
+            $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/drive.service" | tail -n 1)
+    )
+}
+# -- end of svc --
+
 cd /
 umask 077
 tar -xf /usr/local/lib/botlxc/restore/drive.tar -C /opt/gbo --skip-old-files conf
-systemctl stop drive.service
+svc stop drive.service
 find /opt/gbo/data -mindepth 1 -delete
 tar -xf /usr/local/lib/botlxc/restore/drive.tar -C /opt/gbo --no-same-owner data
 chown -R drive:drive /opt/gbo/data
-systemctl start drive.service
+svc start drive.service
 rm -f /usr/local/lib/botlxc/restore/drive.tar
 echo "restore: drive restored"
 BOTLXC_EOF
@@ -787,7 +1015,7 @@ lxc exec acme-drive -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 
 lxc exec acme-drive -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-drive user.botlxc.installed 67e67f3a53cdd6f0
+lxc config set acme-drive user.botlxc.installed 3a4d6815b721e564
 
 # start acme-cache
 lxc start acme-cache
@@ -820,6 +1048,44 @@ lxc file push - acme-cache/usr/local/lib/botlxc/install.sh --create-dirs --mode 
 # Idempotent: every step checks first; existing data in /opt/gbo/data is always reused.
 # -- botlxc's common prelude (templates/common/prelude.sh.j2) --
 set -eu
+# -- botlxc's svc (templates/common/svc.sh.j2): systemctl where systemd runs. On a host
+# without it (local mode) it runs the unit file's own ExecStart as its User under
+# start-stop-daemon, with a pid file; units other than cache.service have nothing to do there.
+svc() {
+    if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
+    _verb=$1; shift
+    while [ "${1#-}" != "$1" ]; do shift; done
+    [ "${1:-}" = "cache.service" ] || return 0
+    _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/cache.service" | tail -n 1)
+    case "$_verb" in
+        is-active) start-stop-daemon --status --pidfile "/run/cache.service.pid" --exec "$_bin" ;;
+        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/cache.service.pid" \
+                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        start) _svc_start ;;
+        restart) svc stop "$1" && _svc_start ;;
+        *) return 0 ;;
+    esac
+}
+_svc_start() {
+    start-stop-daemon --status --pidfile "/run/cache.service.pid" --exec "$_bin" && return 0
+    (
+        # The unit's EnvironmentFile, parsed (KEY=VALUE lines), never sourced.
+        _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/cache.service" | tail -n 1)
+        if [ -n "$_env" ] && [ -r "$_env" ]; then
+            while IFS= read -r _line; do
+                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+            done < "$_env"
+        fi
+        # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
+        # shellcheck disable=SC2046
+        exec start-stop-daemon --start --quiet --background --make-pidfile \
+            --pidfile "/run/cache.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/cache.service" | tail -n 1)" \
+            --chdir / --output "/opt/gbo/logs/cache.service.out" --exec "$_bin" -- \
+            $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/cache.service" | tail -n 1)
+    )
+}
+# -- end of svc --
+
 export DEBIAN_FRONTEND=noninteractive
 cd /   # runuser keeps the cwd; /root is not readable by service users
 # Pushed by botlxc from the host's root-only copy; on the container's own filesystem.
@@ -855,7 +1121,7 @@ CACHE_PASSWORD=$(secret CACHE_PASSWORD)
 missing=$(missing_pkgs valkey-server valkey-tools logrotate)
 if [ -n "$missing" ]; then
     # Masked before install so the package's own server never starts or grabs the port.
-    systemctl mask valkey-server.service
+    svc mask valkey-server.service
     if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
         # botlxc's image has backports; another --image may not: add it on that image's
         # own Debian mirror (the first non-security one its sources name).
@@ -893,15 +1159,15 @@ printf 'user default on nopass resetchannels -@all +ping +hello\nuser gbuser on 
 chown valkey:valkey "$ACL.tmp"
 mv "$ACL.tmp" "$ACL"
 
-systemctl daemon-reload
-systemctl enable -q cache.service
+svc daemon-reload
+svc enable -q cache.service
 # Restart only after a repair or when something the server reads at start changed since
 # the last run (Valkey saves its data on SIGTERM).
 stamp=$(cat /etc/systemd/system/cache.service /opt/gbo/conf/valkey.conf "$ACL" | sha256sum)
-if ! systemctl is-active -q cache.service; then
-    systemctl start cache.service
+if ! svc is-active -q cache.service; then
+    svc start cache.service
 elif [ -n "$reowned" ] || [ "$stamp" != "$(cat /etc/botlxc/cache.stamp 2>/dev/null)" ]; then
-    systemctl restart cache.service
+    svc restart cache.service
 fi
 i=0
 until [ "$(valkey-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = PONG ]; do
@@ -917,7 +1183,45 @@ lxc file push - acme-cache/usr/local/lib/botlxc/health.sh --create-dirs --mode 0
 #!/bin/sh
 # botlxc: exit 0 only if Valkey answers PING and an authenticated write on 127.0.0.1:6379.
 set -u
-fail() { echo "cache: $* (cache.service $(systemctl is-active cache.service))"; exit 1; }
+# -- botlxc's svc (templates/common/svc.sh.j2): systemctl where systemd runs. On a host
+# without it (local mode) it runs the unit file's own ExecStart as its User under
+# start-stop-daemon, with a pid file; units other than cache.service have nothing to do there.
+svc() {
+    if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
+    _verb=$1; shift
+    while [ "${1#-}" != "$1" ]; do shift; done
+    [ "${1:-}" = "cache.service" ] || return 0
+    _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/cache.service" | tail -n 1)
+    case "$_verb" in
+        is-active) start-stop-daemon --status --pidfile "/run/cache.service.pid" --exec "$_bin" ;;
+        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/cache.service.pid" \
+                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        start) _svc_start ;;
+        restart) svc stop "$1" && _svc_start ;;
+        *) return 0 ;;
+    esac
+}
+_svc_start() {
+    start-stop-daemon --status --pidfile "/run/cache.service.pid" --exec "$_bin" && return 0
+    (
+        # The unit's EnvironmentFile, parsed (KEY=VALUE lines), never sourced.
+        _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/cache.service" | tail -n 1)
+        if [ -n "$_env" ] && [ -r "$_env" ]; then
+            while IFS= read -r _line; do
+                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+            done < "$_env"
+        fi
+        # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
+        # shellcheck disable=SC2046
+        exec start-stop-daemon --start --quiet --background --make-pidfile \
+            --pidfile "/run/cache.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/cache.service" | tail -n 1)" \
+            --chdir / --output "/opt/gbo/logs/cache.service.out" --exec "$_bin" -- \
+            $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/cache.service" | tail -n 1)
+    )
+}
+# -- end of svc --
+
+fail() { echo "cache: $* (cache.service $(svc is-active cache.service))"; exit 1; }
 cli() { valkey-cli --no-auth-warning -e -h 127.0.0.1 -p 6379 "$@" 2>&1; }
 out=$(cli ping)
 [ "$out" = PONG ] || fail "PING got: $(printf '%s' "$out" | tail -n 1)"
@@ -1025,20 +1329,58 @@ lxc file push - acme-cache/usr/local/lib/botlxc/restore.sh --create-dirs --mode 
 # With appendonly on, Valkey loads its AOF, not dump.rdb: the dump becomes the base of a
 # new multi-part AOF (its manifest names it), so the next start loads exactly it.
 set -eu
+# -- botlxc's svc (templates/common/svc.sh.j2): systemctl where systemd runs. On a host
+# without it (local mode) it runs the unit file's own ExecStart as its User under
+# start-stop-daemon, with a pid file; units other than cache.service have nothing to do there.
+svc() {
+    if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
+    _verb=$1; shift
+    while [ "${1#-}" != "$1" ]; do shift; done
+    [ "${1:-}" = "cache.service" ] || return 0
+    _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/cache.service" | tail -n 1)
+    case "$_verb" in
+        is-active) start-stop-daemon --status --pidfile "/run/cache.service.pid" --exec "$_bin" ;;
+        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/cache.service.pid" \
+                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        start) _svc_start ;;
+        restart) svc stop "$1" && _svc_start ;;
+        *) return 0 ;;
+    esac
+}
+_svc_start() {
+    start-stop-daemon --status --pidfile "/run/cache.service.pid" --exec "$_bin" && return 0
+    (
+        # The unit's EnvironmentFile, parsed (KEY=VALUE lines), never sourced.
+        _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/cache.service" | tail -n 1)
+        if [ -n "$_env" ] && [ -r "$_env" ]; then
+            while IFS= read -r _line; do
+                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+            done < "$_env"
+        fi
+        # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
+        # shellcheck disable=SC2046
+        exec start-stop-daemon --start --quiet --background --make-pidfile \
+            --pidfile "/run/cache.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/cache.service" | tail -n 1)" \
+            --chdir / --output "/opt/gbo/logs/cache.service.out" --exec "$_bin" -- \
+            $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/cache.service" | tail -n 1)
+    )
+}
+# -- end of svc --
+
 cd /
 umask 077
 work=$(mktemp -d /var/tmp/botlxc-restore.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 tar -xf /usr/local/lib/botlxc/restore/cache.tar -C "$work" dump.rdb
 tar -xf /usr/local/lib/botlxc/restore/cache.tar -C /opt/gbo --skip-old-files conf
-systemctl stop cache.service
+svc stop cache.service
 find /opt/gbo/data -mindepth 1 -delete
 install -d -o valkey -g valkey -m 0750 /opt/gbo/data/appendonlydir
 install -o valkey -g valkey -m 0640 "$work/dump.rdb" /opt/gbo/data/dump.rdb
 install -o valkey -g valkey -m 0640 "$work/dump.rdb" /opt/gbo/data/appendonlydir/appendonly.aof.1.base.rdb
 printf 'file appendonly.aof.1.base.rdb seq 1 type b\n' > /opt/gbo/data/appendonlydir/appendonly.aof.manifest
 chown valkey:valkey /opt/gbo/data/appendonlydir/appendonly.aof.manifest
-systemctl start cache.service
+svc start cache.service
 rm -f /usr/local/lib/botlxc/restore/cache.tar
 echo "restore: cache restored"
 BOTLXC_EOF
@@ -1130,4 +1472,4 @@ lxc exec acme-cache -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 
 lxc exec acme-cache -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-cache user.botlxc.installed 67c3bda09df21344
+lxc config set acme-cache user.botlxc.installed 93b9fbbceb51a86c
