@@ -3970,6 +3970,57 @@ def migrate(op, comp, to):
     return {n: p for (c, n), p in existing_ports(spec, op.snapshot).items() if c == comp}
 
 
+def local_components(op):
+    """(stack, {component: record}) of the tenant's components that run on the host."""
+    stack = tenant_stack(op) if op.snapshot["mine"] else check_host_path(
+        Path(os.path.abspath(str(default_stack(op.tenant)))))
+    if lstat_or_none(stack / STATE_DIR / "local") is None:
+        return stack, {}
+    return stack, {c: r for c in COMPONENTS for r in [read_local(stack, c)] if r}
+
+
+def local_rows(op, check_health=True):
+    """Status rows of the tenant's components that run on the host."""
+    stack, found = local_components(op)
+    rows = []
+    for comp, record in found.items():
+        spec = Spec(op.tenant, (comp,), stack, host=op.host)
+        place = local_place(spec, comp)
+        ok, message = local_health(op.runner, place) if check_health else (True, "-")
+        rows.append({"name": spec.name(comp), "component": comp, "state": "HOST", "ipv4": [],
+                     "ports": {n: "127.0.0.1:%d" % p for n, p in sorted(record["ports"].items())},
+                     "stack": str(stack), "installed": True, "limits": {}, "network": None,
+                     "health": ("healthy" if ok else "unhealthy: " + message)
+                     if check_health else "-",
+                     "started_by": "systemd unit %s" % record["unit"] if record.get("systemd")
+                     else "start-stop-daemon, pid file %s (no systemd: not at boot)"
+                     % place.pidfile})
+    return rows
+
+
+def local_checks(op):
+    """doctor: each component that runs on the host answers its health check."""
+    checks = []
+    stack, found = local_components(op)
+    for comp, record in found.items():
+        place = local_place(Spec(op.tenant, (comp,), stack, host=op.host), comp)
+        ok, message = local_health(op.runner, place)
+        how = ("systemd unit " + record["unit"]) if record.get("systemd") else \
+            "start-stop-daemon, pid file %s; not started at boot (no systemd)" % place.pidfile
+        if ok:
+            checks.append(_ok("host-" + comp, "runs on the host (%s): %s" % (how, message)))
+            continue
+
+        def start(runner, place=place, unit=record["unit"]):
+            runner.change(["sh", place.lib_dir + "/svc.sh", "start", unit],
+                          "start the host's %s" % unit, step="doctor")
+
+        checks.append(Check("host-" + comp, "fail", "runs on the host (%s): %s" % (how, message),
+                            "botlxc install %s --local --tenant %s (starts it; logs in %s/logs)"
+                            % (comp, op.tenant, place.root), repair=start))
+    return checks
+
+
 def human(size):
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -4082,11 +4133,15 @@ def tenant_checks(op, world):
             raise BadInput("%s/tenant names %r" % (stack / STATE_DIR, owner or "nobody"))
         checks.append(_ok("stack", "%s is root's, with no links, and marked as %s's"
                           % (stack, op.tenant)))
+        here = local_components(op)[1]
     except BotlxcError as exc:
+        here = {}
         checks.append(Check("stack", "fail", str(exc), "fix the path as the message says, "
                             "then botlxc up --tenant %s" % op.tenant))
     listeners = host_listeners(runner)
     for row in port_rows(op):
+        if row["component"] in here:
+            continue
         holder = listeners.get(row["host_port"], "")
         comp_port = "%s.%s" % (row["component"], row["name"])
         inst = mine[row["component"]]
@@ -4099,8 +4154,9 @@ def tenant_checks(op, world):
             checks.append(_ok("port-" + comp_port, "%s:%d" % (row["listen"], row["host_port"])))
     checks += isolation_checks(op, world)
     for comp, inst in chosen(op):
-        checks += container_checks(op, comp, inst)
-    return checks
+        if comp not in here:  # (one moved to the host leaves its container stopped)
+            checks += container_checks(op, comp, inst)
+    return checks + (local_checks(op) if here else [])
 
 
 def isolation_checks(op, world):
@@ -4453,7 +4509,10 @@ def cmd_secrets_rotate(op, components):
 @click.option("--no-health", is_flag=True, help="Skip the service health checks.")
 def cmd_status(op, as_json, no_health):
     """The tenant's containers: state, address, ports and service health."""
-    rows = status_rows(op.runner, op.snapshot, op.tenant, check_health=not no_health)
+    here = local_rows(op, check_health=not no_health)
+    rows = [row for row in status_rows(op.runner, op.snapshot, op.tenant,
+                                       check_health=not no_health)
+            if row["component"] not in {r["component"] for r in here}] + here
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

@@ -128,7 +128,7 @@ set -eu
 svc() {
     if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
     _verb=$1; shift
-    while [ "${1#-}" != "$1" ]; do shift; done
+    while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
     [ "${1:-}" = "tables.service" ] || return 0
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/tables.service" | tail -n 1)
     case "$_verb" in
@@ -202,6 +202,9 @@ if [ -n "$missing" ]; then
     apt_install -o Dpkg::Options::=--force-confold $missing
 fi
 
+# Its socket dir: systemd-tmpfiles makes it in a container; a host without systemd may not.
+[ -d /run/postgresql ] || install -d -o postgres -g postgres -m 2775 /run/postgresql
+
 # The postgres uid may differ between images: re-own only when it is wrong (cheap re-runs).
 install -d -m 0755 /opt/gbo/data
 if [ -d "$PGDATA" ] && [ "$(stat -c %U "$PGDATA")" != postgres ]; then
@@ -269,7 +272,7 @@ set -u
 svc() {
     if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
     _verb=$1; shift
-    while [ "${1#-}" != "$1" ]; do shift; done
+    while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
     [ "${1:-}" = "tables.service" ] || return 0
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/tables.service" | tail -n 1)
     case "$_verb" in
@@ -401,7 +404,7 @@ set -eu
 svc() {
     if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
     _verb=$1; shift
-    while [ "${1#-}" != "$1" ]; do shift; done
+    while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
     [ "${1:-}" = "tables.service" ] || return 0
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/tables.service" | tail -n 1)
     case "$_verb" in
@@ -628,7 +631,7 @@ lxc exec acme-tables -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m
 lxc exec acme-tables -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-tables user.botlxc.installed 402e9df489d72f48
+lxc config set acme-tables user.botlxc.installed ed863ef7f4b16fd7
 
 # start acme-drive
 lxc start acme-drive
@@ -667,7 +670,7 @@ set -eu
 svc() {
     if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
     _verb=$1; shift
-    while [ "${1#-}" != "$1" ]; do shift; done
+    while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
     [ "${1:-}" = "drive.service" ] || return 0
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/drive.service" | tail -n 1)
     case "$_verb" in
@@ -807,7 +810,7 @@ set -u
 svc() {
     if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
     _verb=$1; shift
-    while [ "${1#-}" != "$1" ]; do shift; done
+    while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
     [ "${1:-}" = "drive.service" ] || return 0
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/drive.service" | tail -n 1)
     case "$_verb" in
@@ -918,7 +921,7 @@ set -eu
 svc() {
     if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
     _verb=$1; shift
-    while [ "${1#-}" != "$1" ]; do shift; done
+    while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
     [ "${1:-}" = "drive.service" ] || return 0
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/drive.service" | tail -n 1)
     case "$_verb" in
@@ -1015,7 +1018,7 @@ lxc exec acme-drive -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 
 lxc exec acme-drive -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-drive user.botlxc.installed 3a4d6815b721e564
+lxc config set acme-drive user.botlxc.installed 751d2376d164aeb2
 
 # start acme-cache
 lxc start acme-cache
@@ -1054,7 +1057,7 @@ set -eu
 svc() {
     if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
     _verb=$1; shift
-    while [ "${1#-}" != "$1" ]; do shift; done
+    while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
     [ "${1:-}" = "cache.service" ] || return 0
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/cache.service" | tail -n 1)
     case "$_verb" in
@@ -1189,7 +1192,7 @@ set -u
 svc() {
     if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
     _verb=$1; shift
-    while [ "${1#-}" != "$1" ]; do shift; done
+    while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
     [ "${1:-}" = "cache.service" ] || return 0
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/cache.service" | tail -n 1)
     case "$_verb" in
@@ -1335,7 +1338,7 @@ set -eu
 svc() {
     if [ -d /run/systemd/system ]; then systemctl "$@"; return; fi
     _verb=$1; shift
-    while [ "${1#-}" != "$1" ]; do shift; done
+    while [ $# -gt 0 ] && [ "${1#-}" != "$1" ]; do shift; done
     [ "${1:-}" = "cache.service" ] || return 0
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/cache.service" | tail -n 1)
     case "$_verb" in
@@ -1472,4 +1475,4 @@ lxc exec acme-cache -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 
 lxc exec acme-cache -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-cache user.botlxc.installed 93b9fbbceb51a86c
+lxc config set acme-cache user.botlxc.installed 3f0f9514bab1263d
