@@ -1311,6 +1311,8 @@ class HostFacts:
     #: root-only runtime dir (locks) and cache dir (image build, artifacts)
     run_dir: str = "/run/botlxc"
     cache_dir: str = "/var/cache/botlxc"
+    #: where schedules go (cron.d, systemd/system)
+    etc_dir: str = "/etc"
 
 
 def read_host_facts():
@@ -3065,11 +3067,11 @@ SCHEDULED = {"snapshot": ("snapshot", "create"), "backup": ("backup",)}
 
 def schedule_files(facts, tenant, kind="snapshot"):
     """The files a schedule is made of: a cron.d line, or a systemd timer + unit."""
-    base = "botlxc-%s-%s" % (kind, tenant)
+    base, etc = "botlxc-%s-%s" % (kind, tenant), Path(facts.etc_dir)
     if facts.systemd:
-        return [Path("/etc/systemd/system") / (base + ".timer"),
-                Path("/etc/systemd/system") / (base + ".service")]
-    return [Path("/etc/cron.d") / base]
+        return [etc / "systemd/system" / (base + ".timer"),
+                etc / "systemd/system" / (base + ".service")]
+    return [etc / "cron.d" / base]
 
 
 def schedule_of(facts, tenant, kind="snapshot"):
@@ -3512,11 +3514,17 @@ def take_backup(op, to, keep=None):
             op.runner.change(["install", "-m", "0600", str(secrets_master(
                 Spec(op.tenant, (), stack), comp)), str(partial / (comp + ".secrets"))],
                 "%s: its secrets (the bundle is root's, 0600)" % comp, step=step)
-            counted = lxc_exec(op.runner, name, ["cat", LIB_DIR + "/backup.counts"],
-                               step=name + ": backup")
+            counts = {}
+            if not op.runner.dry_run:
+                counted = lxc_exec(op.runner, name, ["cat", LIB_DIR + "/backup.counts"],
+                                   step=name + ": backup")
+                if counted.returncode != 0:
+                    raise BotlxcError("%s: no counts of its backup (%s)"
+                                      % (name, last_words(counted)))
+                counts = parse_counts(counted.stdout, name)
             components[comp] = {
                 "engine": labels(inst).get("engine") or "", "summary": COMPONENTS[comp].summary,
-                "counts": parse_counts(counted.stdout, name) if not op.runner.dry_run else {}}
+                "counts": counts}
 
         def write_manifest():
             files = {}
@@ -3585,8 +3593,15 @@ def load_bundle(path):
     if manifest.get("format") != BUNDLE_FORMAT:
         raise BotlxcError("bundle %s: format %r; this botlxc reads format %d"
                           % (bundle, manifest.get("format"), BUNDLE_FORMAT))
-    validate_tenant(manifest.get("tenant"))
-    components, files = manifest.get("components") or {}, manifest.get("files") or {}
+    components, files = manifest.get("components"), manifest.get("files")
+    if not (isinstance(manifest.get("tenant"), str) and isinstance(components, dict)
+            and isinstance(files, dict)
+            and all(isinstance(v, dict) for v in list(components.values()) + list(files.values()))
+            and all(isinstance(v.get("counts", {}), dict) and all(
+                isinstance(k, str) and type(n) is int for k, n in v.get("counts", {}).items())
+                for v in components.values())):
+        raise BotlxcError("bundle %s: %s is not a botlxc manifest" % (bundle, MANIFEST))
+    validate_tenant(manifest["tenant"])
     unknown = [c for c in components if c not in COMPONENTS]
     if unknown or not components:
         raise BotlxcError("bundle %s: components %s are not botlxc's" % (bundle, unknown))
@@ -4735,7 +4750,7 @@ def check_schedule(every, keep, off):
     if off == bool(every):
         raise BadInput("give --every hourly|daily|weekly with --keep N, or --off")
     if every and not keep:
-        raise BadInput("--every needs --keep N: how many automatic snapshots to keep")
+        raise BadInput("--every needs --keep N: how many to keep")
     return dict(every=every, keep=keep, off=off)
 
 
@@ -4798,8 +4813,13 @@ def cmd_backup_verify(op, bundle):
         "; test-restored with matching counts: " + ", ".join(checked) if checked else ""))
 
 
-@tenant_command("schedule", group=cmd_backup, check=lambda every, keep, off, to: dict(
-    check_schedule(every, keep, off), to=validate_path(to, "--to")))
+def check_backup_schedule(every, keep, off, to):
+    if "%" in to:
+        raise BadInput("invalid --to %r: %% is special in cron and systemd lines" % to)
+    return dict(check_schedule(every, keep, off), to=validate_path(to, "--to"))
+
+
+@tenant_command("schedule", group=cmd_backup, check=check_backup_schedule)
 @click.option("--every", type=click.Choice(sorted(SCHEDULES)))
 @click.option("--keep", type=click.IntRange(1, 10000))
 @click.option("--off", is_flag=True, help="No more scheduled backups.")
@@ -4830,6 +4850,8 @@ def cmd_restore(bundle, tenant, force, stack_dir, dry_run, wait):
     stack = Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else None
     if tenant is None:  # the bundle's own, from its manifest (checked in full below)
         check_host_path(Path(bundle), "bundle")
+        if lstat_or_none(Path(bundle)) is None:
+            raise BadInput("no bundle at %s" % os.path.abspath(bundle))
         try:
             tenant = json.loads(read_file(Path(bundle) / MANIFEST, 16 * MAX_READ) or "{}").get(
                 "tenant") or ""
