@@ -518,6 +518,9 @@ class Port:
     name: str
     port: int
     engines: tuple = ()  # empty: every engine
+    #: the address inside the container the proxy connects to (Dovecot counts a client whose
+    #: address equals its own as secure, so its plaintext port gets another loopback address)
+    connect: str = "127.0.0.1"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -579,8 +582,18 @@ class Component:
     optional: bool = False
     #: the systemd units stop, restart and doctor act on (default: <name>.service)
     units: tuple = ()
-    #: Device entries: extra LXD devices of the container
+    #: Device entries: extra LXD devices of the container; a prop's "{dir}" is the
+    #: component's dir in the stack
     devices: tuple = ()
+    #: (name, default) of settings its templates and .env lines use, kept per tenant in
+    #: .botlxc/settings.json once given (e.g. --mail-domain); "{tenant}" in a default is it
+    settings: tuple = ()
+    #: a file the operator supplies (--model COMPONENT=PATH): where it goes in the
+    #: component's stack dir (read-only, never a mounted dir) and the bytes it starts with
+    model: tuple = ()
+    #: a dir in the container where its install leaves built wheels: botlxc keeps them on
+    #: the host (built only in its own builder container) and pushes them into the next one
+    wheels: str = ""
 
     def __post_init__(self):
         if not self.units:
@@ -667,6 +680,61 @@ COMPONENTS = {
         env=("CACHE_URL=redis://gbuser:{CACHE_PASSWORD}@{host}:{port_valkey}",),
         engines=(Engine("valkey"),),
         user="valkey",
+    ),
+    "llm": Component(
+        name="llm",
+        summary="LLM server (llama.cpp, OpenAI API)",
+        ports=(Port("chat", 8081), Port("embed", 8082)),
+        files=_SCRIPTS + (
+            ("llm-chat.service.j2", "/etc/systemd/system/llm-chat.service", "0644"),
+            ("llm-embed.service.j2", "/etc/systemd/system/llm-embed.service", "0644"),
+        ),
+        secrets=(),
+        env=("LLM_URL=http://{host}:{port_chat}/v1",
+             "LLM_EMBEDDINGS_URL=http://{host}:{port_embed}/v1"),
+        # llama-cpp-python's server is built from PyPI inside the container (minutes on 2
+        # cores; the wheel is then kept on the host); BotServer's own choice is a binary.
+        engines=(Engine("llama-cpp-python"),
+                 Engine("llama-server", artifact="/usr/local/bin/llama-server",
+                        title="llama.cpp llama-server binary (a static build)")),
+        user="llm",
+        pip=True,
+        optional=True,
+        units=("llm-chat.service", "llm-embed.service"),
+        devices=(Device("model", "disk", (("source", "{dir}/model/model.gguf"),
+                                          ("path", MOUNT_ROOT + "/data/models/model.gguf"),
+                                          ("readonly", "true")), when="model"),
+                 Device("gpu", "gpu", when="gpu")),
+        model=("model/model.gguf", b"GGUF"),
+        #: where its install keeps built wheels, which botlxc caches on the host
+        wheels="/var/cache/botlxc/wheels",
+    ),
+    "email": Component(
+        name="email",
+        summary="mail (Postfix + Dovecot)",
+        # IMAP's proxy connects to 127.0.0.2: Dovecot counts a client on its own address as
+        # secure and would take plaintext passwords through the proxy.
+        ports=(Port("submission", 587), Port("imap", 143, connect="127.0.0.2"),
+               Port("imaps", 993)),
+        files=_SCRIPTS + _BACKUP + (
+            ("email.service.j2", "/etc/systemd/system/email.service", "0644"),
+            ("main.cf.j2", MOUNT_ROOT + "/conf/main.cf", "0644"),
+            ("master.cf.j2", MOUNT_ROOT + "/conf/master.cf", "0644"),
+            ("dovecot.conf.j2", MOUNT_ROOT + "/conf/dovecot.conf", "0644"),
+            ("stalwart.toml.j2", MOUNT_ROOT + "/conf/stalwart.toml", "0644"),
+        ),
+        secrets=(("EMAIL_PASSWORD", 32),),
+        env=("EMAIL_HOST={host}",
+             "EMAIL_SMTP_PORT={port_submission}",
+             "EMAIL_IMAP_PORT={port_imap}",
+             "EMAIL_IMAPS_PORT={port_imaps}",
+             "EMAIL_USER=gbuser@{mail_domain}",
+             "EMAIL_PASSWORD={EMAIL_PASSWORD}"),
+        engines=(Engine("postfix"),
+                 Engine("stalwart", artifact="/usr/local/bin/stalwart-mail",
+                        title="Stalwart mail server binary")),
+        optional=True,
+        settings=(("mail_domain", "{tenant}.local"),),
     ),
 }
 #: What `up` brings when no --component is given: every component not optional, in the
@@ -800,6 +868,39 @@ def validate_path(value, what):
         raise BadInput("invalid %s %r: shell metacharacters are not allowed in paths"
                        % (what, value))
     return value
+
+
+_DOMAIN_RE = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
+
+
+def validate_domain(value, what):
+    if not _DOMAIN_RE.fullmatch(value or ""):
+        raise BadInput("invalid %s %r: a DNS name such as example.org (lowercase)"
+                       % (what, value))
+    return value
+
+
+def parse_models(values):
+    """{component: path} of --model COMPONENT=PATH: a regular file (no link) that starts as
+    the component's model must, on a path only root can change."""
+    models = {}
+    for value in values:
+        comp, sep, path = value.partition("=")
+        if not sep or comp not in COMPONENTS or not COMPONENTS[comp].model:
+            raise BadInput("invalid --model %r: COMPONENT=PATH, for %s" % (value, ", ".join(
+                c for c, spec in COMPONENTS.items() if spec.model) or "no component"))
+        path = Path(os.path.abspath(validate_path(path, "--model")))
+        check_host_path(path.parent, "--model dir")
+        st = lstat_or_none(path)
+        if st is None or not stat.S_ISREG(st.st_mode):
+            raise BadInput("--model %s: %s is not a regular file" % (comp, path))
+        magic = COMPONENTS[comp].model[1]
+        with open(str(path), "rb") as handle:
+            if handle.read(len(magic)) != magic:
+                raise BadInput("--model %s: %s does not start with %r: not a %s file"
+                               % (comp, path, magic, magic.decode()))
+        models[comp] = path
+    return models
 
 
 def file_sha256(path):
@@ -1597,9 +1698,18 @@ class Spec:
     network: str = None
     #: bring up components that run on the host (local mode) too: only a migration does
     include_local: bool = False
+    #: settings given on the command line (--mail-domain); prepare() adds the kept ones
+    settings: dict = dataclasses.field(default_factory=dict)
+    #: {component: path} of operator-supplied files (--model), checked
+    models: dict = dataclasses.field(default_factory=dict)
 
     def name(self, component):
         return "%s-%s" % (self.tenant, component)
+
+    def settings_of(self, component):
+        """The component's settings: given or kept, else its defaults."""
+        return {name: self.settings.get(name) or default.format(tenant=self.tenant)
+                for name, default in COMPONENTS[component].settings}
 
     def engine_of(self, component):
         """The name of the engine a component runs."""
@@ -1940,12 +2050,14 @@ def wanted_devices(spec, component, ports):
         host_port = ports[(component, port.name)]
         devices["port-%d" % host_port] = {
             "type": "proxy", "listen": "tcp:%s:%d" % (listen_address(spec.listen), host_port),
-            "connect": "tcp:127.0.0.1:%d" % port.port}
+            "connect": "tcp:%s:%d" % (port.connect, port.port)}
     # A feature's device is added when a run asks for it; one that does not ask leaves it
     # (day-2 commands converge without knowing every option up was given).
     for device in COMPONENTS[component].devices:
         if not device.when or device.when in spec.features:
-            devices[device.name] = dict(device.props, type=device.type)
+            devices[device.name] = dict(
+                {k: v.format(dir=host_dir(spec, component)) for k, v in device.props},
+                type=device.type)
     return devices
 
 
@@ -2234,6 +2346,20 @@ def remove_network(runner, tenant, world_networks, acls):
 # ---- the tenant's wishes that outlive its containers (limits)
 
 
+def settings_path(stack):
+    return stack / STATE_DIR / "settings.json"
+
+
+def read_settings(stack):
+    """The tenant's kept settings ({} if none); botlxc's own root-only file."""
+    try:
+        kept = json.loads(read_file(settings_path(stack)) or "{}")
+    except ValueError:
+        raise BotlxcError("%s is damaged; remove it and give the settings again"
+                          % settings_path(stack)) from None
+    return {str(k): str(v) for k, v in kept.items()} if isinstance(kept, dict) else {}
+
+
 def limits_path(stack):
     return stack / STATE_DIR / "limits.json"
 
@@ -2348,7 +2474,7 @@ def env_lines(spec, ports, values_by_component):
     host = "127.0.0.1" if address.is_unspecified else listen_address(spec.listen)
     lines = []
     for comp in (c for c in COMPONENTS if c in values_by_component):
-        fields = dict(values_by_component[comp], host=host)
+        fields = dict(values_by_component[comp], host=host, **spec.settings_of(comp))
         fields.update({"port_" + pname: hp for (c, pname), hp in ports.items() if c == comp})
         lines += [line.format(**fields) for line in COMPONENTS[comp].env]
     return lines
@@ -2474,7 +2600,8 @@ def render_files(spec, component, place=IN_CONTAINER, ports=None):
            "secrets_in": place.secrets_in, "user": comp.user, "lib_dir": place.lib_dir,
            "root": place.root, "etc": place.etc, "unit": unit,
            "unit_file": place.unit_dir + "/" + unit,
-           "pidfile": place.pidfile or "/run/%s.pid" % unit, "local": place.local}
+           "pidfile": place.pidfile or "/run/%s.pid" % unit, "local": place.local,
+           **spec.settings_of(component)}
     return [(place.dest(dest, component), mode, render(
         template if "/" in template else "components/%s/%s" % (component, template), **ctx))
         for template, dest, mode in comp.files_for(engine)]
@@ -2600,6 +2727,20 @@ def dependency_waves(components, catalogue=COMPONENTS):
     return waves
 
 
+def place_model(runner, spec, comp, source):
+    """The operator's model, copied read-only beside (never into) the component's mounted
+    dirs; its container sees it through a read-only disk device. Kept when the same size
+    and time (install -p) are there already."""
+    dest = host_dir(spec, comp) / COMPONENTS[comp].model[0]
+    st, there = os.stat(str(source)), lstat_or_none(dest)
+    if there is not None and stat.S_ISREG(there.st_mode) and (there.st_size, int(
+            there.st_mtime)) == (st.st_size, int(st.st_mtime)):
+        return
+    runner.change(["install", "-D", "-p", "-m", "0444", str(source), str(dest)],
+                  "%s: the model, read-only (%d bytes)" % (comp, st.st_size),
+                  step=spec.name(comp) + ": model")
+
+
 def prepare(runner, spec):
     """Everything that other tenants' runs could race on, done under the host lock: host,
     image, artifacts, ports, and the containers with the proxy devices that reserve them.
@@ -2639,6 +2780,15 @@ def prepare(runner, spec):
         say("%s run%s on the host (local mode), left alone: botlxc migrate to-container %s "
             "moves it back" % (", ".join(here), "s" if len(here) == 1 else "", here[0]))
         spec.components = tuple(c for c in spec.components if c not in here)
+    kept = read_settings(spec.stack) if lstat_or_none(spec.stack) is not None else {}
+    changed_settings = {k: v for k, v in spec.settings.items() if kept.get(k) != v}
+    spec.settings = {**kept, **spec.settings}
+    for comp in spec.components:
+        model = COMPONENTS[comp].model
+        if model and spec.services and comp not in spec.models and lstat_or_none(
+                host_dir(spec, comp) / model[0]) is None:
+            raise BadInput("%s needs its model: --model %s=PATH (a %s file)"
+                           % (comp, comp, model[1].decode()))
     unmarked = check_stack(spec, snapshot)
     ports = allocate_ports(spec, snapshot, listeners)
     # Every refusal is behind us: from here on, changes.
@@ -2660,6 +2810,18 @@ def prepare(runner, spec):
     # Host dirs first: mounts exist before any install writes to them.
     for comp in spec.components:
         ensure_host_dirs(runner, spec, comp, owners[comp], snapshot["mine"].get(comp))
+    if changed_settings:
+        runner.local(["install", "-m", "0600", "/dev/stdin", str(settings_path(spec.stack))],
+                     "keep the settings given (%s)" % ", ".join(sorted(changed_settings)),
+                     lambda: write_private(settings_path(spec.stack), json.dumps(
+                         spec.settings, indent=2, sort_keys=True) + "\n"))
+    for comp, source in sorted(spec.models.items()):
+        if comp in spec.components:
+            place_model(runner, spec, comp, source)
+    spec.features = tuple(sorted(set(spec.features) | {
+        d.when for c in spec.components for d in COMPONENTS[c].devices
+        if d.when == "model" and COMPONENTS[c].model and (c in spec.models or lstat_or_none(
+            host_dir(spec, c) / COMPONENTS[c].model[0]) is not None)}))
     if spec.services:
         ensure_secrets(runner, spec, {**existing_ports(spec, snapshot), **ports}, self_argv())
     for comp in spec.components:
@@ -4409,8 +4571,11 @@ def cmd_host_setup(dry_run, wait, image):
 
 
 def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports, engines,
-             artifacts, sums, containers_only, jobs, shared_network):
+             artifacts, sums, containers_only, jobs, shared_network, mail_domain=None,
+             models=(), gpu=False):
     components = validate_components(components or DEFAULT_COMPONENTS)
+    settings = {"mail_domain": validate_domain(mail_domain, "--mail-domain")} \
+        if mail_domain else {}
     engines = parse_engines(engines)
     # Checked even with --containers-only (nothing to install: no binary is required then).
     binaries = parse_artifacts(artifacts, sums, engines,
@@ -4425,7 +4590,8 @@ def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports
         image=validate_image(image), privileged=privileged, host_ca=not no_host_ca,
         listen=validate_listen(listen), engines=engines, services=not containers_only,
         port_picks=parse_port_picks(ports, COMPONENTS), jobs=jobs, isolated=not shared_network,
-        artifacts=binaries)
+        artifacts=binaries, settings=settings, models=parse_models(models),
+        features=("gpu",) if gpu else ())
 
 
 @tenant_command("up", check=check_up)
@@ -4457,6 +4623,13 @@ def check_up(components, stack_dir, image, privileged, no_host_ca, listen, ports
               help="Containers, mounts and ports only; install no services.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 16), default=3, show_default=True,
               help="Components brought up at the same time.")
+@click.option("--mail-domain", help="The email component's mail domain (default: "
+              "TENANT.local; kept once given).")
+@click.option("--model", "models", multiple=True, metavar="COMPONENT=PATH",
+              help="A model file for a component that serves one, e.g. llm=/srv/m.gguf "
+                   "(copied read-only beside its dirs).")
+@click.option("--gpu", is_flag=True, help="Give the llm container the host's GPU (an LXD "
+              "gpu device).")
 @click.option("--shared-network", is_flag=True,
               help="Put the containers on LXD's shared bridge, reachable from other tenants' "
                    "(default: a network of the tenant's own, walled off).")

@@ -60,7 +60,7 @@ def test_empty_tenant_name(capsys, fp):
 
 @pytest.mark.parametrize("args, message", [
     (["-c", "tables", "-c", "nosuch"], "unknown component 'nosuch' (known: tables, drive, "
-                                       "cache)"),
+                                       "cache, llm, email)"),
     (["--port", "tables=70000"], "invalid --port 'tables=70000': port 70000 is out of range "
                                  "1-65535"),
     (["--port", "tables=0"], "invalid --port 'tables=0': port 0 is out of range 1-65535"),
@@ -97,7 +97,7 @@ def test_empty_tenant_name(capsys, fp):
      "invalid --sha256 minio=abc: expected 64 hex digits"),
     (["--engine", "minio", "--artifact", "rclone=/x"],
      "invalid --artifact 'rclone=/x': expected COMPONENT=VALUE or ENGINE=VALUE for an engine "
-     "that takes a binary (minio=VALUE)"),
+     "that takes a binary (minio=VALUE, llama-server=VALUE, stalwart=VALUE)"),
     (["--artifact", "minio=/srv/minio"],
      "--artifact minio=/srv/minio: the drive engine rclone takes no binary (--engine minio "
      "does)"),
@@ -258,7 +258,8 @@ def test_down_dry_run_prints_the_runbook_on_stdout(capsys, calls, tmp_path):
 def test_down_unknown_component_is_exit_2(capsys, fp):
     code, out, err = run(capsys, "down", "--tenant", "acme", "-c", "llama")
     assert (code, out) == (2, "")
-    assert_one_line_error(err, "unknown component 'llama' (known: tables, drive, cache)")
+    assert_one_line_error(err, "unknown component 'llama' (known: tables, drive, cache, llm, "
+                               "email)")
     assert list(fp.calls) == []
 
 

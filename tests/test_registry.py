@@ -89,7 +89,7 @@ def test_a_component_defined_as_data_comes_up_through_the_generic_path(calls, tm
         sums=("bin=" + sha,), containers_only=False, jobs=1, shared_network=True)
     assert wanted["engines"] == {"queue": "bin"}
     assert wanted["artifacts"] == {"queue": (str(binary), sha)}
-    spec = botlxc.Spec(tenant="acme", host=facts(), features=("gpu",), **wanted)
+    spec = botlxc.Spec(tenant="acme", host=facts(), **dict(wanted, features=("gpu",)))
 
     register_ready(calls)
     dirs = [S + "/queue/" + d for d in ("data", "conf", "logs")]
