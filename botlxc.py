@@ -540,6 +540,10 @@ class Engine:
     title: str = ""
     #: files only this engine renders, as Component.files
     files: tuple = ()
+    #: a dir in the container where its install finds (or else builds) Python wheels:
+    #: botlxc builds them once in a builder container of its own, keeps them on the host
+    #: and pushes them in before each install (a tenant's container never fills the cache)
+    wheels: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -591,9 +595,6 @@ class Component:
     #: a file the operator supplies (--model COMPONENT=PATH): where it goes in the
     #: component's stack dir (read-only, never a mounted dir) and the bytes it starts with
     model: tuple = ()
-    #: a dir in the container where its install leaves built wheels: botlxc keeps them on
-    #: the host (built only in its own builder container) and pushes them into the next one
-    wheels: str = ""
 
     def __post_init__(self):
         if not self.units:
@@ -694,7 +695,7 @@ COMPONENTS = {
              "LLM_EMBEDDINGS_URL=http://{host}:{port_embed}/v1"),
         # llama-cpp-python's server is built from PyPI inside the container (minutes on 2
         # cores; the wheel is then kept on the host); BotServer's own choice is a binary.
-        engines=(Engine("llama-cpp-python"),
+        engines=(Engine("llama-cpp-python", wheels="/var/cache/botlxc/wheels"),
                  Engine("llama-server", artifact="/usr/local/bin/llama-server",
                         title="llama.cpp llama-server binary (a static build)")),
         user="llm",
@@ -706,8 +707,6 @@ COMPONENTS = {
                                           ("readonly", "true")), when="model"),
                  Device("gpu", "gpu", when="gpu")),
         model=("model/model.gguf", b"GGUF"),
-        #: where its install keeps built wheels, which botlxc caches on the host
-        wheels="/var/cache/botlxc/wheels",
     ),
     "email": Component(
         name="email",
@@ -1698,6 +1697,8 @@ class Spec:
     network: str = None
     #: bring up components that run on the host (local mode) too: only a migration does
     include_local: bool = False
+    #: the image prepare() resolved (a wheel builder is made from it too)
+    image_used: str = None
     #: settings given on the command line (--mail-domain); prepare() adds the kept ones
     settings: dict = dataclasses.field(default_factory=dict)
     #: {component: path} of operator-supplied files (--model), checked
@@ -2632,6 +2633,69 @@ def wait_healthy(runner, name, component, when):
             else "exit %s" % exc.rc, component, name[:-len(component) - 1])) from None
 
 
+_WHEEL_RE = re.compile(r"[A-Za-z0-9_.+-]{1,200}\.whl")
+
+
+def wheel_cache(runner, spec, component):
+    """The host's dir of wheels for the component's install (built first if it has none).
+
+    Keyed by the rendered install script, so a new pin builds anew. Built by the same script
+    in a throwaway container of botlxc's own (BOTLXC_BUILD_ONLY=1): a wheel a tenant's
+    container made could carry that tenant's code into the next tenant's."""
+    wheels = COMPONENTS[component].engine(spec.engine_of(component)).wheels
+    files = render_files(spec, component)
+    script = dict((dest, content) for dest, _, content in files)[LIB_DIR + "/install.sh"]
+    cache = Path(spec.host.cache_dir) / "wheels" / component / digest(script)
+    if lstat_or_none(cache) is not None and any(
+            _WHEEL_RE.fullmatch(f) for f in os.listdir(str(cache))):
+        return cache
+    builder = "botlxc-build-" + component
+    step = builder + ": build wheels"
+    with locks(spec.host, runner.dry_run, 3600, "build-" + component)[0]:
+        if lstat_or_none(cache) is not None and any(
+                _WHEEL_RE.fullmatch(f) for f in os.listdir(str(cache))):
+            return cache
+        say("%-16s building %s's wheels once for this host (minutes; later installs reuse "
+            "them)" % (builder, component))
+        runner.change(["lxc", "delete", "--force", builder], "no builder left from before",
+                      ok_codes=(0, 1), step=step)
+        try:
+            lxc_init(runner, spec.image_used or LOCAL_IMAGE, builder, {})
+            lxc_start(runner, builder)
+            wait_ready(runner, builder)
+            ensure_host_ca(runner, spec, builder, None)
+            lxc_file_push(runner, builder, SECRETS_IN, "0600", "the pip index, if the host has "
+                          "one", content=secrets_text({}, spec.host.pip_index_url))
+            for dest, mode, content in files:
+                lxc_file_push(runner, builder, dest, mode, "%s: %s" % (component, dest),
+                              content=content)
+            runner.change(["lxc", "exec", builder, "--env", "BOTLXC_BUILD_ONLY=1", "--",
+                           *INSTALL], "build the wheels (the install script, build only)",
+                          step=step)
+            listed = lxc_exec(runner, builder, ["find", wheels, "-maxdepth", "1", "-type", "f",
+                                                "-name", "*.whl", "-printf", "%f\n"],
+                              step=step)
+            names = [n for n in (listed.stdout.split() if listed.returncode == 0 else [])
+                     if _WHEEL_RE.fullmatch(n)]
+            if not names and not runner.dry_run:
+                raise BotlxcError("%s built no wheel in %s" % (builder, wheels))
+            runner.change(["install", "-d", "-m", "0700", str(cache.parent.parent),
+                           str(cache.parent), str(cache) + ".new"],
+                          "the host's wheel cache", step=step)
+            for wheel in names:
+                runner.to_file(["lxc", "exec", builder, "--", "cat", wheels + "/" + wheel],
+                               Path(str(cache) + ".new") / wheel,
+                               "keep %s on the host" % wheel, step=step)
+            runner.change(["mv", "--no-target-directory", str(cache) + ".new", str(cache)],
+                          "the cache is complete", step=step)
+        finally:
+            runner.change(["rm", "-rf", str(cache) + ".new"], "no half-filled cache",
+                          always=True, step=step)
+            runner.change(["lxc", "delete", "--force", builder], "the builder is done",
+                          ok_codes=(0, 1), always=True, step=step)
+    return cache
+
+
 def ensure_service(runner, spec, component, inst):
     """Install, repair, or leave alone: skipped only when what is installed is what is
     wanted (a digest of the rendered files and binary), the container's secrets are the
@@ -2682,6 +2746,14 @@ def ensure_service(runner, spec, component, inst):
     if binary:
         lxc_file_push(runner, name, engine.artifact, "0755", "%s (sha256 %s)" % (
             engine.title or "%s binary" % engine.name, binary[1]), source=str(binary[0]))
+    wheels = COMPONENTS[component].engine(spec.engine_of(component)).wheels
+    if wheels:
+        cache = wheel_cache(runner, spec, component)
+        for wheel in sorted(os.listdir(str(cache))) if lstat_or_none(cache) else ():
+            if _WHEEL_RE.fullmatch(wheel):
+                lxc_file_push(runner, name, wheels + "/" + wheel, "0644",
+                              "%s: a wheel botlxc built (no compiling here)" % component,
+                              source=str(cache / wheel))
     say("%-16s installing %s" % (name, COMPONENTS[component].summary))
     run_install(runner, spec, name, component)
     wait_healthy(runner, name, component, "after install")
@@ -2750,7 +2822,7 @@ def prepare(runner, spec):
     if spec.stack is not None or not spec.host.lxc:
         check_host_path(spec.stack or default_stack(spec.tenant))
     world = ensure_host(runner, spec.host)
-    image = ensure_image(runner, spec.host, world, spec.image)
+    image = spec.image_used = ensure_image(runner, spec.host, world, spec.image)
     # In a dry run on a host without a running LXD there is nothing to list yet.
     snapshot = observe_tenant(runner, spec.tenant) if world["daemon"] \
         else {"all": [], "mine": {}, "foreign": []}
