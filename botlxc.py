@@ -592,6 +592,9 @@ class Component:
     #: (name, default) of settings its templates and .env lines use, kept per tenant in
     #: .botlxc/settings.json once given (e.g. --mail-domain); "{tenant}" in a default is it
     settings: tuple = ()
+    #: it can also run natively on the host (install --local, migrate): its templates take
+    #: every path from the render context and its install touches nothing else there
+    local: bool = False
     #: a file the operator supplies (--model COMPONENT=PATH): where it goes in the
     #: component's stack dir (read-only, never a mounted dir) and the bytes it starts with
     model: tuple = ()
@@ -650,6 +653,7 @@ COMPONENTS = {
         env=("DATABASE_URL=postgres://gbuser:{TABLES_PASSWORD}@{host}:{port_pg}/botserver",),
         engines=(Engine("postgresql"),),
         user="postgres",
+        local=True,
     ),
     "drive": Component(
         name="drive",
@@ -668,6 +672,7 @@ COMPONENTS = {
                  Engine("minio", artifact="/usr/local/bin/minio", title="MinIO server binary")),
         user="drive",
         pip=True,
+        local=True,
     ),
     "cache": Component(
         name="cache",
@@ -681,6 +686,7 @@ COMPONENTS = {
         env=("CACHE_URL=redis://gbuser:{CACHE_PASSWORD}@{host}:{port_valkey}",),
         engines=(Engine("valkey"),),
         user="valkey",
+        local=True,
     ),
     "llm": Component(
         name="llm",
@@ -4109,8 +4115,8 @@ def local_allocation(op, spec, comp):
 
 
 def cmd_install_local(op, comp, stack_dir):
-    if not COMPONENTS[comp].renders("counts.sh.j2"):
-        raise BadInput("%s has no local mode" % comp)
+    if not COMPONENTS[comp].local:
+        raise BadInput("%s has no local mode (it runs in its container only)" % comp)
     inst = op.snapshot["mine"].get(comp)
     if inst is not None and inst.get("status") == "Running":
         raise BadInput("%s runs in container %s: botlxc migrate to-local %s --tenant %s moves "
@@ -4134,8 +4140,8 @@ def migrate(op, comp, to):
     side brought up and the backup restored into it, the counts compared, .env pointed at the
     new side, and only then the old side stopped. On any difference the old side keeps
     serving, .env is unchanged, and it exits 1 saying what differed."""
-    if not COMPONENTS[comp].renders("backup.sh.j2"):
-        raise BadInput("%s has no backup scripts, so it cannot be migrated" % comp)
+    if not COMPONENTS[comp].local or not COMPONENTS[comp].renders("backup.sh.j2"):
+        raise BadInput("%s cannot be migrated: it has no local mode" % comp)
     spec = local_spec(op, comp)
     record = read_local(spec.stack, comp)
     work = spec.stack / STATE_DIR / "migrate"
