@@ -95,8 +95,8 @@ def test_the_model_is_copied_beside_the_mounts_once(tmp_path, calls):
 
 
 def test_wheels_are_built_once_in_botlxcs_own_builder(tmp_path, calls):
-    spec = make_spec(tmp_path, ("llm",), host=facts(cache_dir=str(tmp_path / "cache"),
-                                                     run_dir=str(tmp_path / "run")))
+    host = facts(cache_dir=str(tmp_path / "cache"), run_dir=str(tmp_path / "run"))
+    spec = make_spec(tmp_path, ("llm",), host=host)
     spec.image_used = "botlxc/debian-12"
     files = botlxc.render_files(spec, "llm")
     key = botlxc.digest(dict((d, c) for d, _, c in files)[botlxc.LIB_DIR + "/install.sh"])
