@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""botlxc - a tenant's backing services (PostgreSQL, S3 drive, Valkey) in LXD containers.
+"""botlxc - a tenant's backing services (PostgreSQL, S3 drive, Valkey; on request an LLM server
+and mail) in LXD containers, with backups, a local mode and migration between the two.
 
 Map of this file, top to bottom; each section uses only what is above it:
 
@@ -11,8 +12,9 @@ Map of this file, top to bottom; each section uses only what is above it:
   6. lxc_*         one small wrapper per lxc subcommand, argv as literal lists
   7. retry         one tenacity policy, applied by name to flaky steps
   8. templates     one Jinja2 environment (StrictUndefined); $BOTLXC_TEMPLATES searched first
-  9. components    COMPONENTS: the services as data (engines, secrets, units, devices); the
-                   only place that names a component or an engine
+  9. components    COMPONENTS: the services as data (Port, Engine, Device, Component:
+                   engines, secrets, units, devices, settings, local mode); the only
+                   place that names a component or an engine
  10. validation    tenant names, ports, engines, artifacts, sizes, CPUs, snapshot names:
                    before anything runs
  11. host files    the trust boundary: safe paths, bounded reads, private writes, locks
@@ -20,7 +22,8 @@ Map of this file, top to bottom; each section uses only what is above it:
  13. tenant steps  observe -> ensure_* (stack, network, ids, instances, mounts, ports,
                    secrets, services), up / down / status, then Op (what a tenant command
                    works with) and the day-2 operations (snapshots, restore, clone, limits,
-                   ports, usage, update, rotate, destroy)
+                   ports, usage, update, rotate, destroy), backups (bundles, verify,
+                   restore), local mode (Place, svc) and migration
  14. doctor        one check per trouble, each with its evidence, fix and safe repair
  15. CLI           tenant_command (one shape: validate, facts, Runner, lock, Op, finish),
                    thin click commands, main()
