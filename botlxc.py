@@ -3402,6 +3402,9 @@ def destroy(op, purge, stack_dir=None):
                    ours("/1.0/network-acls?recursion=1"))
     for kind in SCHEDULED:
         unset_schedule(op.runner, op.host, op.tenant, kind)
+    for comp in COMPONENTS if stack is not None else ():
+        if read_local(stack, comp):  # its services on the host go too (their data as asked)
+            stop_local(op.runner, Spec(op.tenant, (comp,), stack, host=op.host), comp)
     if purge and stack is None:
         # All else is gone; the data it cannot find it cannot purge: say so, exit 1.
         raise BotlxcError("tenant %s's containers, network and schedule are gone, but %s is "
