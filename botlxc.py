@@ -3780,7 +3780,8 @@ def take_backup(op, to, keep=None):
                                 "sha256": file_sha256(path)}
             manifest = {"format": BUNDLE_FORMAT, "botlxc": VERSION, "tenant": op.tenant,
                         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                        "stack": str(stack), "components": components, "files": files}
+                        "stack": str(stack), "components": components, "files": files,
+                        "settings": read_settings(stack)}
             write_private(partial / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True)
                           + "\n")
             sums = dict(files, **{MANIFEST: {"sha256": file_sha256(partial / MANIFEST)}})
@@ -3942,8 +3943,10 @@ def restore_bundle(op, path, force, stack_dir=None):
     if mine:
         spec = same_as(op, next(iter(mine.values())), components=comps)
     else:
+        settings = manifest.get("settings") or {}
         spec = Spec(tenant=op.tenant, components=comps, stack=stack_dir, host=op.host,
-                    engines=engines)
+                    engines=engines, settings={k: v for k, v in settings.items()
+                                               if isinstance(k, str) and isinstance(v, str)})
         needs = [c for c in comps if COMPONENTS[c].engine(spec.engine_of(c)).artifact]
         if needs:
             raise BadInput("the bundle's %s runs engine %s, whose binary only `up` is given: "
@@ -5058,13 +5061,31 @@ def cmd_backup(ctx, tenant, to, keep, dry_run, wait):
         click.echo(str(path))
 
 
-@tenant_command("verify", group=cmd_backup, changes=False,
-                check=lambda bundle: dict(bundle=validate_path(bundle, "BUNDLE")))
+def bundle_tenant(bundle):
+    """The tenant a bundle was taken of, from its manifest (checked in full later)."""
+    check_host_path(Path(bundle), "bundle")
+    if lstat_or_none(Path(bundle)) is None:
+        raise BadInput("no bundle at %s" % os.path.abspath(bundle))
+    try:
+        tenant = json.loads(read_file(Path(bundle) / MANIFEST, 16 * MAX_READ) or "{}").get(
+            "tenant") or ""
+    except (ValueError, AttributeError):
+        tenant = ""
+    if not tenant:
+        raise BotlxcError("%s has no readable %s: not a botlxc backup" % (bundle, MANIFEST))
+    return tenant
+
+
+@cmd_backup.command("verify")
 @click.argument("bundle")
-def cmd_backup_verify(op, bundle):
+@click.option("--tenant", "-t", help="Test-restore in this tenant's containers (default: the "
+                                     "bundle's own).")
+def cmd_backup_verify(bundle, tenant):
     """Check every sum of BUNDLE and test-restore its PostgreSQL dump into a scratch
-    database in the tenant's tables container (-t: the tenant whose container to use)."""
-    manifest, checked = verify_bundle(op, bundle)
+    database in the tenant's tables container."""
+    bundle = validate_path(bundle, "BUNDLE")
+    manifest, checked = run_op("verify", lambda op: verify_bundle(op, bundle),
+                               tenant or bundle_tenant(bundle), {}, changes=False)
     say("bundle %s: %d files match their sums%s" % (
         manifest["path"], len(manifest["files"]) + 1,
         "; test-restored with matching counts: " + ", ".join(checked) if checked else ""))
@@ -5105,17 +5126,7 @@ def cmd_restore(bundle, tenant, force, stack_dir, dry_run, wait):
     bundle's credentials; health and the manifest's counts must match afterwards."""
     bundle = validate_path(bundle, "BUNDLE")
     stack = Path(validate_path(stack_dir, "--stack-dir")) if stack_dir else None
-    if tenant is None:  # the bundle's own, from its manifest (checked in full below)
-        check_host_path(Path(bundle), "bundle")
-        if lstat_or_none(Path(bundle)) is None:
-            raise BadInput("no bundle at %s" % os.path.abspath(bundle))
-        try:
-            tenant = json.loads(read_file(Path(bundle) / MANIFEST, 16 * MAX_READ) or "{}").get(
-                "tenant") or ""
-        except (ValueError, AttributeError):
-            tenant = ""
-        if not tenant:
-            raise BotlxcError("%s has no readable %s: not a botlxc backup" % (bundle, MANIFEST))
+    tenant = tenant or bundle_tenant(bundle)
     run_op("restore", lambda op: restore_bundle(op, bundle, force, stack), tenant, {},
            dry_run=dry_run, wait=wait)
     if not dry_run:

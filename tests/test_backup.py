@@ -173,7 +173,7 @@ def test_the_manifest_says_versions_counts_sizes_and_sums(calls, acme, tmp_path)
         "stack": str(tmp_path / "stack"),
         "components": {c: {"engine": ENGINE[c], "summary": SUMMARY[c], "counts": PARSED[c]}
                        for c in COMPS},
-        "files": files}
+        "files": files, "settings": {}}
     # SHA256SUMS: sha256sum's own format, every file and the manifest, sorted by name
     sums = dict(files, **{"manifest.json": {"sha256": sha((final / "manifest.json")
                                                           .read_bytes())}})
