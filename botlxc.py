@@ -2653,7 +2653,9 @@ def wheel_cache(runner, spec, component):
     container made could carry that tenant's code into the next tenant's."""
     wheels = COMPONENTS[component].engine(spec.engine_of(component)).wheels
     files = render_files(spec, component)
-    script = dict((dest, content) for dest, _, content in files)[LIB_DIR + "/install.sh"]
+    # keyed by the script as any tenant gets it (its name is only in a comment there)
+    script = dict((dest, content) for dest, _, content in render_files(
+        dataclasses.replace(spec, tenant="any"), component))[LIB_DIR + "/install.sh"]
     cache = Path(spec.host.cache_dir) / "wheels" / component / digest(script)
     if lstat_or_none(cache) is not None and any(
             _WHEEL_RE.fullmatch(f) for f in os.listdir(str(cache))):
@@ -2668,6 +2670,8 @@ def wheel_cache(runner, spec, component):
             "them)" % (builder, component))
         runner.change(["lxc", "delete", "--force", builder], "no builder left from before",
                       ok_codes=(0, 1), step=step)
+        runner.change(["rm", "-rf", str(cache) + ".new"], "no cache left half-filled",
+                      step=step)
         try:
             lxc_init(runner, spec.image_used or LOCAL_IMAGE, builder, {})
             lxc_start(runner, builder)

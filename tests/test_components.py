@@ -99,11 +99,13 @@ def test_wheels_are_built_once_in_botlxcs_own_builder(tmp_path, calls):
     spec = make_spec(tmp_path, ("llm",), host=host)
     spec.image_used = "botlxc/debian-12"
     files = botlxc.render_files(spec, "llm")
-    key = botlxc.digest(dict((d, c) for d, _, c in files)[botlxc.LIB_DIR + "/install.sh"])
+    key = botlxc.digest(dict((d, c) for d, _, c in botlxc.render_files(
+        botlxc.dataclasses.replace(spec, tenant="any"), "llm"))[botlxc.LIB_DIR + "/install.sh"])
     cache = tmp_path / "cache" / "wheels" / "llm" / key
     wheel = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
     b = "botlxc-build-llm"
     calls(["lxc", "delete", "--force", b], returncode=1)
+    calls(["rm", "-rf", str(tmp_path / "cache" / "wheels" / "llm" / key) + ".new"])
     calls(["lxc", "init", "botlxc/debian-12", b])
     calls(["lxc", "start", b])
     calls(["lxc", "exec", b, "--", *botlxc.BOOT_WAIT])
@@ -127,10 +129,14 @@ def test_wheels_are_built_once_in_botlxcs_own_builder(tmp_path, calls):
     (tmp_path / "cache" / "wheels" / "llm" / (key + ".new")).mkdir(mode=0o700)
     assert botlxc.wheel_cache(botlxc.Runner(), spec, "llm") == cache
     assert calls.made() == calls.expected  # "../evil" was not a wheel name: never read
+    # another tenant's install script differs only in its name: the same cache
+    other = make_spec(tmp_path, ("llm",), host=host, tenant="other")
+    other.image_used = spec.image_used
     # a second install finds it: nothing runs
     cache.mkdir(exist_ok=True)
     (cache / wheel).write_bytes(b"PK")
     assert botlxc.wheel_cache(botlxc.Runner(), spec, "llm") == cache
+    assert botlxc.wheel_cache(botlxc.Runner(), other, "llm") == cache
     assert calls.made() == calls.expected
 
 
