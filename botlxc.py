@@ -3746,18 +3746,25 @@ def take_backup(op, to, keep=None):
             say("%-16s nothing of its own to back up (%s)"
                 % (inst["name"], COMPONENTS[comp].summary))
     pairs = [(c, i) for c, i in pairs if COMPONENTS[c].renders("backup.sh.j2")]
-    serving(op, pairs, "backup")
+    here = local_components(op)[1]  # moved to the host: backed up there, not its container
+    serving(op, [(c, i) for c, i in pairs if c not in here], "backup")
     root = check_host_path(Path(to), "--to")
     final = root / ("%s-%s" % (op.tenant, stamp()))
     partial = final.with_name(final.name + ".partial")
     step = "backup"
-    op.runner.change(["install", "-d", "-m", "0700", str(root), str(partial)],
+    if lstat_or_none(root) is None:  # (an existing dir keeps its mode: it may be /srv)
+        op.runner.change(["install", "-d", "-m", "0700", str(root)],
+                         "a root-only dir for the bundles", step=step)
+    op.runner.change(["install", "-d", "-m", "0700", str(partial)],
                      "a root-only dir for the bundle", step=step)
     components = {}
     try:
         for comp, inst in pairs:
             name = inst["name"]
-            op.runner.to_file(["lxc", "exec", name, "--", "sh", LIB_DIR + "/backup.sh"],
+            place = local_place(Spec(op.tenant, (comp,), stack, host=op.host), comp) \
+                if comp in here else IN_CONTAINER
+            argv = ["sh", place.lib_dir + "/backup.sh"]
+            op.runner.to_file(argv if comp in here else ["lxc", "exec", name, "--", *argv],
                               partial / (comp + ".tar"),
                               "%s: a consistent backup while it serves (see its backup.sh)"
                               % comp, step=name + ": backup")
@@ -3765,7 +3772,9 @@ def take_backup(op, to, keep=None):
                 Spec(op.tenant, (), stack), comp)), str(partial / (comp + ".secrets"))],
                 "%s: its secrets (the bundle is root's, 0600)" % comp, step=step)
             counts = {}
-            if not op.runner.dry_run:
+            if not op.runner.dry_run and comp in here:
+                counts = parse_counts(read_file(Path(place.lib_dir) / "backup.counts"), name)
+            elif not op.runner.dry_run:
                 counted = lxc_exec(op.runner, name, ["cat", LIB_DIR + "/backup.counts"],
                                    step=name + ": backup")
                 if counted.returncode != 0:
@@ -3934,6 +3943,10 @@ def restore_bundle(op, path, force, stack_dir=None):
     bundle, wanted = manifest["path"], manifest["components"]
     comps = tuple(sorted(wanted, key=catalogue_order))
     mine = op.snapshot["mine"]
+    here = sorted(set(local_components(op)[1]) & set(comps)) if mine else []
+    if here:
+        raise BadInput("%s runs on the host: botlxc migrate to-container %s --tenant %s "
+                       "first, then restore" % (here[0], here[0], op.tenant))
     if mine:
         full = holds_data(op, chosen(op, [c for c in comps if c in mine]))
         if full and not force:
@@ -3958,6 +3971,8 @@ def restore_bundle(op, path, force, stack_dir=None):
                            % (needs[0], spec.engine_of(needs[0]), op.tenant, needs[0],
                               spec.engine_of(needs[0]), needs[0]))
     converge(op, spec)
+    if op.runner.dry_run and not mine:
+        return bundle  # (the rest acts on containers the plan has only planned)
     op._snapshot = None
     spec.stack = tenant_stack(op)
     pairs = chosen(op, comps)
@@ -4022,10 +4037,10 @@ def local_files(spec, comp, ports):
     place = local_place(spec, comp)
     files = render_files(spec, comp, place, ports)
     dest = place.dest(SVC_SCRIPT[1], comp)
+    unit = place.unit_prefix + COMPONENTS[comp].units[0]
     return place, files + [(dest, SVC_SCRIPT[2], render(SVC_SCRIPT[0], **{
-        "unit": place.unit_prefix + COMPONENTS[comp].units[0], "root": place.root,
-        "unit_file": place.unit_dir + "/" + place.unit_prefix + COMPONENTS[comp].units[0],
-        "pidfile": place.pidfile}))]
+        "unit": unit, "root": place.root, "etc": place.etc,
+        "unit_file": place.unit_dir + "/" + unit, "pidfile": place.pidfile}))]
 
 
 def local_health(runner, place, wait=0):

@@ -105,11 +105,14 @@ def stream(data, seen):
     return write
 
 
-def backup_calls(calls, spec, comps=COMPS):
+def backup_calls(calls, spec, comps=COMPS, new_root=True):
     """The commands of one backup (paths with the stamp unknown: ANY); returns what the
-    streams saw of the file they were given."""
+    streams saw of the file they were given. new_root: the dir for bundles is made too (an
+    existing one keeps its mode)."""
     seen = []
-    expect(calls, ["install", "-d", "-m", "0700", ANY, ANY], make_dirs)
+    if new_root:
+        expect(calls, ["install", "-d", "-m", "0700", ANY], make_dirs)
+    expect(calls, ["install", "-d", "-m", "0700", ANY], make_dirs)
     for comp in comps:
         name = spec.name(comp)
         expect(calls, ["lxc", "exec", name, "--", "sh", LIB + "/backup.sh"],
@@ -132,7 +135,8 @@ def test_a_backup_streams_each_component_into_a_partial_dir_then_renames(
     final = botlxc.take_backup(op, str(root))
     assert final.parent == root and re.fullmatch(r"acme-[0-9]{8}-[0-9]{6}", final.name)
     partial, S = str(final) + ".partial", str(tmp_path / "stack")
-    transcript = [LIST, ["install", "-d", "-m", "0700", str(root), partial]]
+    transcript = [LIST, ["install", "-d", "-m", "0700", str(root)],
+                  ["install", "-d", "-m", "0700", partial]]
     for comp in COMPS:
         transcript += [
             ["lxc", "exec", "acme-" + comp, "--", "sh", LIB + "/backup.sh"],
@@ -196,7 +200,7 @@ def test_keep_prunes_older_bundles_of_the_tenant_after_the_new_one(calls, tmp_pa
     for name in ("acme-20250101-000000", "acme-20250102-000000", "acme-b-20250101-000000"):
         (root / name).mkdir(parents=True)
     op = op_for(calls, world)
-    backup_calls(calls, spec, ("cache",))
+    backup_calls(calls, spec, ("cache",), new_root=False)
     calls(["rm", "-rf", "--one-file-system", str(root / "acme-20250101-000000")])
     calls(["rm", "-rf", "--one-file-system", str(root / "acme-20250102-000000")])
     final = botlxc.take_backup(op, str(root), keep=1)
@@ -209,7 +213,8 @@ def test_a_stream_that_fails_leaves_no_file_and_no_partial_bundle(calls, tmp_pat
     world = up_world(spec)
     op = op_for(calls, world)
     root = tmp_path / "backups"
-    expect(calls, ["install", "-d", "-m", "0700", str(root), ANY], make_dirs)
+    expect(calls, ["install", "-d", "-m", "0700", str(root)], make_dirs)
+    expect(calls, ["install", "-d", "-m", "0700", ANY], make_dirs)
     expect(calls, ["lxc", "exec", "acme-tables", "--", "sh", LIB + "/backup.sh"],
            stream(b"half a dump", []), returncode=1,
            stderr="pg_dump: error: connection to server failed\n")
@@ -218,7 +223,7 @@ def test_a_stream_that_fails_leaves_no_file_and_no_partial_bundle(calls, tmp_pat
         botlxc.take_backup(op, str(root))
     assert failed.value.exit_code == 3
     assert calls.made() == calls.expected
-    partial = calls.made()[1][-1]
+    partial = calls.made()[2][-1]
     assert partial.endswith(".partial") and calls.made()[-1][-1] == partial
     assert os.listdir(root) == []
 

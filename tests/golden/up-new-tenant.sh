@@ -154,7 +154,7 @@ _svc_start() {
         # shellcheck disable=SC2046
         exec start-stop-daemon --start --quiet --background --make-pidfile \
             --pidfile "/run/tables.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/tables.service" | tail -n 1)" \
-            --chdir / --output "/opt/gbo/logs/tables.service.out" --exec "$_bin" -- \
+            --chdir / --output "/etc/botlxc/tables.service.out" --exec "$_bin" -- \
             $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/tables.service" | tail -n 1)
     )
 }
@@ -212,7 +212,7 @@ if [ -d "$PGDATA" ] && [ "$(stat -c %U "$PGDATA")" != postgres ]; then
 fi
 chown postgres:postgres /opt/gbo/logs
 chmod 0750 /opt/gbo/logs
-[ ! -e /opt/gbo/logs/postgresql.log ] || chown postgres:postgres /opt/gbo/logs/postgresql.log
+[ ! -e /opt/gbo/logs/postgresql.log ] || chown -h postgres:postgres /opt/gbo/logs/postgresql.log
 
 # A cluster is initialised beside its place and renamed into it when complete, so an
 # initdb killed halfway leaves only $PGDATA.init (redone here), never a half cluster.
@@ -298,7 +298,7 @@ _svc_start() {
         # shellcheck disable=SC2046
         exec start-stop-daemon --start --quiet --background --make-pidfile \
             --pidfile "/run/tables.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/tables.service" | tail -n 1)" \
-            --chdir / --output "/opt/gbo/logs/tables.service.out" --exec "$_bin" -- \
+            --chdir / --output "/etc/botlxc/tables.service.out" --exec "$_bin" -- \
             $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/tables.service" | tail -n 1)
     )
 }
@@ -368,7 +368,7 @@ runuser -u postgres -- "$PGBIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h /run/postgr
 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;
 SELECT pg_export_snapshot() AS snap \gset
 \setenv BOTLXC_SNAPSHOT :snap
-\! "$PGBIN/pg_dump" -h /run/postgresql -p 5432 -Fc --snapshot="\$BOTLXC_SNAPSHOT" -d botserver -f "$work/dump.pgc"
+\! "$PGBIN/pg_dump" -h /run/postgresql -p 5432 -Fc --snapshot="\$BOTLXC_SNAPSHOT" -d botserver -f "$work/dump.pgc" && touch "$work/dump.ok"
 \o $work/counts.tsv
 -- botlxc: what a backup of tables is checked against, one "NAME<TAB>COUNT" line each:
 -- the number of tables, then the rows of every table of database botserver (exact counts).
@@ -385,7 +385,8 @@ SELECT format('SELECT %L || E''\t'' || count(*) FROM %I.%I',
 \o
 COMMIT;
 SQL
-[ -s "$work/dump.pgc" ] || { echo "backup: pg_dump wrote nothing" >&2; exit 1; }
+# (psql's \! ignores its command's exit code: the marker says pg_dump finished well)
+[ -e "$work/dump.ok" ] && [ -s "$work/dump.pgc" ] || { echo "backup: pg_dump failed" >&2; exit 1; }
 install -d -m 0700 /usr/local/lib/botlxc
 cp "$work/counts.tsv" /usr/local/lib/botlxc/backup.counts
 tar -cf - -C "$work" dump.pgc roles.sql counts.tsv -C /opt/gbo conf
@@ -396,7 +397,9 @@ lxc file push - acme-tables/usr/local/lib/botlxc/restore.sh --create-dirs --mode
 #!/bin/sh
 # botlxc: replace tables's data with the backup in /usr/local/lib/botlxc/restore/tables.tar
 # (the roles, then database botserver dropped and restored from the dump). The conf
-# files the backup has and this container lacks come back; botlxc's own stay.
+# files the backup has and this container lacks come back; botlxc's own stay. On the host
+# (local mode) the dump, made in a container, is restored by gbuser (no superuser, no
+# roles of its own) and no conf file of it is taken.
 set -eu
 # -- botlxc's svc (templates/common/svc.sh.j2): systemctl where systemd runs. On a host
 # without it (local mode) it runs the unit file's own ExecStart as its User under
@@ -430,18 +433,27 @@ _svc_start() {
         # shellcheck disable=SC2046
         exec start-stop-daemon --start --quiet --background --make-pidfile \
             --pidfile "/run/tables.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/tables.service" | tail -n 1)" \
-            --chdir / --output "/opt/gbo/logs/tables.service.out" --exec "$_bin" -- \
+            --chdir / --output "/etc/botlxc/tables.service.out" --exec "$_bin" -- \
             $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/tables.service" | tail -n 1)
     )
 }
 # -- end of svc --
+
+# -- botlxc's untar (templates/common/untar.sh.j2): a backup's tar was made in a container.
+# On the host (local mode) it is unpacked only by an unprivileged user, with no owner,
+# mode, link or device taken from it; in a container as the container's root.
+untar() {  # untar TAR DEST USER [MEMBER...]: DEST writable by USER
+    _tar=$1 _dest=$2 _user=$3
+    shift 3
+    tar -xf "$_tar" -C "$_dest" "$@"
+}
 
 cd /
 umask 077
 PGBIN=/usr/lib/postgresql/15/bin
 work=$(mktemp -d /var/tmp/botlxc-restore.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-tar -xf /usr/local/lib/botlxc/restore/tables.tar -C "$work"
+untar /usr/local/lib/botlxc/restore/tables.tar "$work" root
 chown -R postgres "$work"
 tar -xf /usr/local/lib/botlxc/restore/tables.tar -C /opt/gbo --skip-old-files conf
 psql() { runuser -u postgres -- "$PGBIN/psql" -X -q -v ON_ERROR_STOP=1 -h /run/postgresql -p 5432 "$@"; }
@@ -631,7 +643,7 @@ lxc exec acme-tables -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m
 lxc exec acme-tables -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-tables user.botlxc.installed ed863ef7f4b16fd7
+lxc config set acme-tables user.botlxc.installed c5184c3fb9d8d21e
 
 # start acme-drive
 lxc start acme-drive
@@ -696,7 +708,7 @@ _svc_start() {
         # shellcheck disable=SC2046
         exec start-stop-daemon --start --quiet --background --make-pidfile \
             --pidfile "/run/drive.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/drive.service" | tail -n 1)" \
-            --chdir / --output "/opt/gbo/logs/drive.service.out" --exec "$_bin" -- \
+            --chdir / --output "/etc/botlxc/drive.service.out" --exec "$_bin" -- \
             $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/drive.service" | tail -n 1)
     )
 }
@@ -836,7 +848,7 @@ _svc_start() {
         # shellcheck disable=SC2046
         exec start-stop-daemon --start --quiet --background --make-pidfile \
             --pidfile "/run/drive.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/drive.service" | tail -n 1)" \
-            --chdir / --output "/opt/gbo/logs/drive.service.out" --exec "$_bin" -- \
+            --chdir / --output "/etc/botlxc/drive.service.out" --exec "$_bin" -- \
             $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/drive.service" | tail -n 1)
     )
 }
@@ -947,18 +959,28 @@ _svc_start() {
         # shellcheck disable=SC2046
         exec start-stop-daemon --start --quiet --background --make-pidfile \
             --pidfile "/run/drive.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/drive.service" | tail -n 1)" \
-            --chdir / --output "/opt/gbo/logs/drive.service.out" --exec "$_bin" -- \
+            --chdir / --output "/etc/botlxc/drive.service.out" --exec "$_bin" -- \
             $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/drive.service" | tail -n 1)
     )
 }
 # -- end of svc --
+
+# -- botlxc's untar (templates/common/untar.sh.j2): a backup's tar was made in a container.
+# On the host (local mode) it is unpacked only by an unprivileged user, with no owner,
+# mode, link or device taken from it; in a container as the container's root.
+untar() {  # untar TAR DEST USER [MEMBER...]: DEST writable by USER
+    _tar=$1 _dest=$2 _user=$3
+    shift 3
+    tar -xf "$_tar" -C "$_dest" "$@"
+}
 
 cd /
 umask 077
 tar -xf /usr/local/lib/botlxc/restore/drive.tar -C /opt/gbo --skip-old-files conf
 svc stop drive.service
 find /opt/gbo/data -mindepth 1 -delete
-tar -xf /usr/local/lib/botlxc/restore/drive.tar -C /opt/gbo --no-same-owner data
+chown drive /opt/gbo/data
+untar /usr/local/lib/botlxc/restore/drive.tar /opt/gbo drive --no-same-owner data
 chown -R drive:drive /opt/gbo/data
 svc start drive.service
 rm -f /usr/local/lib/botlxc/restore/drive.tar
@@ -1018,7 +1040,7 @@ lxc exec acme-drive -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 
 lxc exec acme-drive -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-drive user.botlxc.installed 751d2376d164aeb2
+lxc config set acme-drive user.botlxc.installed 21cbb54ac54df1b6
 
 # start acme-cache
 lxc start acme-cache
@@ -1083,7 +1105,7 @@ _svc_start() {
         # shellcheck disable=SC2046
         exec start-stop-daemon --start --quiet --background --make-pidfile \
             --pidfile "/run/cache.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/cache.service" | tail -n 1)" \
-            --chdir / --output "/opt/gbo/logs/cache.service.out" --exec "$_bin" -- \
+            --chdir / --output "/etc/botlxc/cache.service.out" --exec "$_bin" -- \
             $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/cache.service" | tail -n 1)
     )
 }
@@ -1218,7 +1240,7 @@ _svc_start() {
         # shellcheck disable=SC2046
         exec start-stop-daemon --start --quiet --background --make-pidfile \
             --pidfile "/run/cache.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/cache.service" | tail -n 1)" \
-            --chdir / --output "/opt/gbo/logs/cache.service.out" --exec "$_bin" -- \
+            --chdir / --output "/etc/botlxc/cache.service.out" --exec "$_bin" -- \
             $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/cache.service" | tail -n 1)
     )
 }
@@ -1364,17 +1386,27 @@ _svc_start() {
         # shellcheck disable=SC2046
         exec start-stop-daemon --start --quiet --background --make-pidfile \
             --pidfile "/run/cache.service.pid" --chuid "$(sed -n 's/^User=//p' "/etc/systemd/system/cache.service" | tail -n 1)" \
-            --chdir / --output "/opt/gbo/logs/cache.service.out" --exec "$_bin" -- \
+            --chdir / --output "/etc/botlxc/cache.service.out" --exec "$_bin" -- \
             $(sed -n 's/^ExecStart=[^ ]* *//p' "/etc/systemd/system/cache.service" | tail -n 1)
     )
 }
 # -- end of svc --
 
+# -- botlxc's untar (templates/common/untar.sh.j2): a backup's tar was made in a container.
+# On the host (local mode) it is unpacked only by an unprivileged user, with no owner,
+# mode, link or device taken from it; in a container as the container's root.
+untar() {  # untar TAR DEST USER [MEMBER...]: DEST writable by USER
+    _tar=$1 _dest=$2 _user=$3
+    shift 3
+    tar -xf "$_tar" -C "$_dest" "$@"
+}
+
 cd /
 umask 077
 work=$(mktemp -d /var/tmp/botlxc-restore.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-tar -xf /usr/local/lib/botlxc/restore/cache.tar -C "$work" dump.rdb
+chown valkey "$work"
+untar /usr/local/lib/botlxc/restore/cache.tar "$work" valkey dump.rdb
 tar -xf /usr/local/lib/botlxc/restore/cache.tar -C /opt/gbo --skip-old-files conf
 svc stop cache.service
 find /opt/gbo/data -mindepth 1 -delete
@@ -1475,4 +1507,4 @@ lxc exec acme-cache -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 
 lxc exec acme-cache -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-cache user.botlxc.installed 3f0f9514bab1263d
+lxc config set acme-cache user.botlxc.installed 8ac44c7bf2d60a11
