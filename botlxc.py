@@ -2367,7 +2367,10 @@ def read_settings(stack):
     except ValueError:
         raise BotlxcError("%s is damaged; remove it and give the settings again"
                           % settings_path(stack)) from None
-    return {str(k): str(v) for k, v in kept.items()} if isinstance(kept, dict) else {}
+    kept = {str(k): str(v) for k, v in kept.items()} if isinstance(kept, dict) else {}
+    if "mail_domain" in kept:
+        validate_domain(kept["mail_domain"], "mail domain in %s" % settings_path(stack))
+    return kept
 
 
 def limits_path(stack):
@@ -2416,8 +2419,10 @@ def local_record(stack, comp):
     return stack / STATE_DIR / "local" / (comp + ".json")
 
 
-def read_local(stack, comp):
-    """{"ports": {name: port}, "unit": ...} of a component installed locally, or None."""
+def read_local(stack, comp, pending=False):
+    """{"ports": {name: port}, "unit": ...} of a component installed locally, or None. One
+    a migration is still filling ("pending") counts only when asked for: until its counts
+    match, the tenant is served from its container."""
     if stack is None or lstat_or_none(local_record(stack, comp)) is None:
         return None
     try:
@@ -2426,6 +2431,8 @@ def read_local(stack, comp):
     except (ValueError, TypeError, KeyError, AttributeError):
         raise BotlxcError("%s is damaged: remove it by hand once %s's local service is "
                           "stopped" % (local_record(stack, comp), comp)) from None
+    if record.get("pending") and not pending:
+        return None
     return dict(record, ports=ports)
 
 
@@ -2727,7 +2734,11 @@ def ensure_service(runner, spec, component, inst):
         raise BadInput("%s engine %s needs --artifact %s=PATH or --artifact %s=URL "
                        "--sha256 %s=HEX" % (component, engine.name, short, short, short))
     master = secrets_master(spec, component)
-    want = digest(*[part for f in files for part in f], binary[1] if binary else "")
+    model = COMPONENTS[component].model
+    model_st = lstat_or_none(host_dir(spec, component) / model[0]) if model else None
+    # (a new model, copied in place, must restart the servers: its size and time count)
+    want = digest(*[part for f in files for part in f], binary[1] if binary else "",
+                  *(["%d %d" % (model_st.st_size, model_st.st_mtime)] if model_st else []))
     if labels(inst or {}).get("installed") == want:
         inside = lxc_exec(runner, name, ["sha256sum", SECRETS_IN], step=name + ": secrets")
         host = hashlib.sha256((read_file(master) or "").encode()).hexdigest()
@@ -2821,8 +2832,14 @@ def place_model(runner, spec, comp, source):
     if there is not None and stat.S_ISREG(there.st_mode) and (there.st_size, int(
             there.st_mtime)) == (st.st_size, int(st.st_mtime)):
         return
-    runner.change(["install", "-D", "-p", "-m", "0444", str(source), str(dest)],
-                  "%s: the model, read-only (%d bytes)" % (comp, st.st_size),
+    if there is None:
+        runner.change(["install", "-D", "-p", "-m", "0444", str(source), str(dest)],
+                      "%s: the model, read-only (%d bytes)" % (comp, st.st_size),
+                      step=spec.name(comp) + ": model")
+        return
+    # Written over in place: a running container's read-only mount keeps the same file.
+    runner.change(["cp", "--reflink=auto", "--preserve=timestamps", str(source), str(dest)],
+                  "%s: a new model, in place (%d bytes)" % (comp, st.st_size),
                   step=spec.name(comp) + ": model")
 
 
@@ -3407,7 +3424,7 @@ def destroy(op, purge, stack_dir=None):
     for kind in SCHEDULED:
         unset_schedule(op.runner, op.host, op.tenant, kind)
     for comp in COMPONENTS if stack is not None else ():
-        if read_local(stack, comp):  # its services on the host go too (their data as asked)
+        if lstat_or_none(local_record(stack, comp)):  # its host services go too (data as asked)
             stop_local(op.runner, Spec(op.tenant, (comp,), stack, host=op.host), comp)
     if purge and stack is None:
         # All else is gone; the data it cannot find it cannot purge: say so, exit 1.
@@ -3961,6 +3978,8 @@ def restore_bundle(op, path, force, stack_dir=None):
         spec = same_as(op, next(iter(mine.values())), components=comps)
     else:
         settings = manifest.get("settings") or {}
+        if "mail_domain" in settings:
+            validate_domain(settings["mail_domain"], "mail domain in the bundle")
         spec = Spec(tenant=op.tenant, components=comps, stack=stack_dir, host=op.host,
                     engines=engines, settings={k: v for k, v in settings.items()
                                                if isinstance(k, str) and isinstance(v, str)})
@@ -4055,7 +4074,7 @@ def local_health(runner, place, wait=0):
         time.sleep(2)
 
 
-def install_local(op, spec, comp, ports):
+def install_local(op, spec, comp, ports, pending=False):
     """The component on the host: dirs, rendered files (same templates, host paths, the
     host ports), its install script run as root, health waited for; then recorded."""
     runner, step = op.runner, "%s (local)" % comp
@@ -4068,45 +4087,61 @@ def install_local(op, spec, comp, ports):
         runner.change(["install", "-D", "-m", mode, "/dev/stdin", dest],
                       "%s (local): %s" % (comp, dest), input=content, step=step)
     say("%-16s installing %s on the host" % (spec.name(comp), COMPONENTS[comp].summary))
+    try:
+        install_and_wait(runner, place, comp, step)
+    except BaseException:
+        # a service the install started must not run on untracked (status, uninstall and
+        # destroy go by the record): stopped, its unit and logrotate file gone, data kept
+        if not runner.dry_run:
+            stop_local(runner, spec, comp)
+        raise
+    write_local_record(runner, spec, comp, ports, pending)
+    return place
+
+
+def install_and_wait(runner, place, comp, step):
     runner.change(["sh", "-c", 'sh "$1" </dev/null >"$2" 2>&1; rc=$?; tail -n 20 "$2" >&2; '
                    'exit $rc', "install", place.lib_dir + "/install.sh",
                    place.etc + "/install.log"],
                   "install and start %s on the host" % comp, step=step + ": install")
     ok, message = local_health(runner, place, wait=90)
-    if not ok:
+    if not ok and not runner.dry_run:
         raise BotlxcError("%s (local): unhealthy after install: %s (log: %s/logs)"
                           % (comp, message, place.root))
+
+
+def write_local_record(runner, spec, comp, ports, pending=False):
+    place = local_place(spec, comp)
     record = {"ports": ports, "unit": place.unit_prefix + COMPONENTS[comp].units[0],
-              "systemd": spec.host.systemd, "installed": stamp()}
+              "systemd": spec.host.systemd, "installed": stamp(), "pending": pending}
     runner.local(["install", "-m", "0600", "/dev/stdin", str(local_record(spec.stack, comp))],
                  "remember that %s runs on the host" % comp, lambda: (
                      os.close(private_dir(spec.stack / STATE_DIR / "local")),
                      write_private(local_record(spec.stack, comp),
                                    json.dumps(record, sort_keys=True) + "\n")))
-    return place
 
 
 def stop_local(runner, spec, comp, forget=True):
     """Stop the host service; with forget, also its unit, logrotate file and record (the
     data, conf and logs stay)."""
-    record = read_local(spec.stack, comp)
+    record = read_local(spec.stack, comp, pending=True)
     place = local_place(spec, comp)
     step = "%s (local)" % comp
     if lstat_or_none(Path(place.lib_dir) / "svc.sh") is not None:
         runner.change(["sh", place.lib_dir + "/svc.sh", "stop", record["unit"] if record else
                        place.unit_prefix + COMPONENTS[comp].units[0]],
-                      "stop %s on the host" % comp, step=step)
+                      "stop %s on the host" % comp, step=step, always=True)
         if spec.host.systemd:
             runner.change(["sh", place.lib_dir + "/svc.sh", "disable", "-q",
                            place.unit_prefix + COMPONENTS[comp].units[0]],
-                          "not started at boot any more", step=step)
+                          "not started at boot any more", step=step, always=True)
     if not forget:
         return
     unit = Path(place.unit_dir) / (place.unit_prefix + COMPONENTS[comp].units[0])
     runner.change(["rm", "-f", str(unit), place.logrotate,
                    str(local_record(spec.stack, comp))],
                   "%s no longer runs on the host (data stays in %s)" % (comp, place.root),
-                  step=step)
+                  step=step, always=True)
 
 
 def local_spec(op, comp, stack_dir=None):
@@ -4127,6 +4162,11 @@ def local_spec(op, comp, stack_dir=None):
         if owner is None:
             mark_stack(op.runner, spec)
     local_place(spec, comp)  # a path local mode can use, checked before anything changes
+    if not ipaddress.ip_address(spec.listen).is_loopback:
+        raise BadInput("tenant %s listens on %s; local mode serves on 127.0.0.1 only"
+                       % (op.tenant, spec.listen))
+    if not op.host.debian:
+        raise BadInput("local mode installs Debian 12's packages: this host is not Debian")
     return spec
 
 
@@ -4146,9 +4186,9 @@ def cmd_install_local(op, comp, stack_dir):
     if not COMPONENTS[comp].local:
         raise BadInput("%s has no local mode (it runs in its container only)" % comp)
     inst = op.snapshot["mine"].get(comp)
-    if inst is not None and inst.get("status") == "Running":
-        raise BadInput("%s runs in container %s: botlxc migrate to-local %s --tenant %s moves "
-                       "it, data included" % (comp, inst["name"], comp, op.tenant))
+    if inst is not None:
+        raise BadInput("%s has container %s: botlxc migrate to-local %s --tenant %s moves it, "
+                       "data included" % (comp, inst["name"], comp, op.tenant))
     spec = local_spec(op, comp, stack_dir)
     ports = local_allocation(op, spec, comp)
     ensure_secrets(op.runner, spec, {(comp, n): p for n, p in ports.items()}, self_argv())
@@ -4182,15 +4222,17 @@ def migrate(op, comp, to):
         ((_, inst),) = chosen(op, [comp])
         serving(op, [(comp, inst)], "migrate")
         name = inst["name"]
+        ports = local_allocation(op, spec, comp)
         runner.change(["install", "-d", "-m", "0700", str(work)], "a root-only work dir",
                       step=step)
-        runner.to_file(["lxc", "exec", name, "--", "sh", LIB_DIR + "/backup.sh"], archive,
-                       "%s: a consistent backup of the container's data" % comp, step=step)
-        want = parse_counts(lxc_exec(runner, name, ["cat", LIB_DIR + "/backup.counts"]).stdout,
-                            name) if not runner.dry_run else {}
-        ports = local_allocation(op, spec, comp)
         try:
-            place = install_local(op, spec, comp, ports)
+            # The new side first (pending: the tenant stays on its container), so that only
+            # the seconds of backup and restore lie between the copy and the switch.
+            place = install_local(op, spec, comp, ports, pending=True)
+            runner.to_file(["lxc", "exec", name, "--", "sh", LIB_DIR + "/backup.sh"], archive,
+                           "%s: a consistent backup of the container's data" % comp, step=step)
+            counted = lxc_exec(runner, name, ["cat", LIB_DIR + "/backup.counts"])
+            want = parse_counts(counted.stdout, name) if not runner.dry_run else {}
             runner.change(["install", "-D", "-m", "0600", str(archive),
                            "%s/restore/%s.tar" % (place.lib_dir, comp)],
                           "the backup, where the host's restore.sh reads it", step=step)
@@ -4204,12 +4246,13 @@ def migrate(op, comp, to):
                                   "is unchanged" % (comp, "; ".join(differ[:10]) if differ
                                                     else "unhealthy: " + message))
         except BaseException:
-            if not runner.dry_run and read_local(spec.stack, comp):
+            if not runner.dry_run and lstat_or_none(local_record(spec.stack, comp)):
                 stop_local(runner, spec, comp)
             raise
         finally:
             runner.change(["rm", "-f", str(archive)], "the migration's backup is used",
                           always=True, step=step)
+        write_local_record(runner, spec, comp, ports)  # no longer pending: the switch
         ensure_secrets(runner, spec, existing_ports(spec, op.snapshot), self_argv())
         stop_components(runner, [(comp, inst)])
         return ports
@@ -4222,16 +4265,17 @@ def migrate(op, comp, to):
         raise BotlxcError("%s (local) is not healthy: %s; fix it first (its data is in %s)"
                           % (comp, message, place.root))
     runner.change(["install", "-d", "-m", "0700", str(work)], "a root-only work dir", step=step)
-    runner.to_file(["sh", place.lib_dir + "/backup.sh"], archive,
-                   "%s: a consistent backup of the host's data" % comp, step=step)
-    want = parse_counts(read_file(Path(place.lib_dir) / "backup.counts"), "local") \
-        if not runner.dry_run else {}
+    # The container first (its .env lines stay the host's until the switch), then the copy.
+    spec.include_local = True
+    converge(op, spec)
+    op._snapshot = None
+    ((_, inst),) = chosen(op, [comp])
+    name = inst["name"]
     try:
-        spec.include_local = True
-        converge(op, spec)
-        op._snapshot = None
-        ((_, inst),) = chosen(op, [comp])
-        name = inst["name"]
+        runner.to_file(["sh", place.lib_dir + "/backup.sh"], archive,
+                       "%s: a consistent backup of the host's data" % comp, step=step)
+        want = parse_counts(read_file(Path(place.lib_dir) / "backup.counts"), "local") \
+            if not runner.dry_run else {}
         lxc_exec(runner, name, ["rm", "-f", "--", "%s/restore/%s.tar" % (LIB_DIR, comp)],
                  why="clear the path of the upload", step=name + ": upload")
         lxc_file_push(runner, name, "%s/restore/%s.tar" % (LIB_DIR, comp), "0600",
@@ -4242,9 +4286,12 @@ def migrate(op, comp, to):
         differ = count_differences(want, live_counts(runner, name)) \
             if not runner.dry_run else []
         if differ:
-            stop_components(runner, [(comp, inst)])
             raise BotlxcError("migrate to-container %s: %s; the host's service keeps serving, "
                               ".env is unchanged" % (comp, "; ".join(differ[:10])))
+    except BaseException:
+        if not runner.dry_run:
+            stop_components(runner, [(comp, dict(inst, status="Running"))])
+        raise
     finally:
         runner.change(["rm", "-f", str(archive)], "the migration's backup is used",
                       always=True, step=step)
@@ -5103,8 +5150,9 @@ def cmd_backup_verify(bundle, tenant):
     """Check every sum of BUNDLE and test-restore its PostgreSQL dump into a scratch
     database in the tenant's tables container."""
     bundle = validate_path(bundle, "BUNDLE")
-    manifest, checked = run_op("verify", lambda op: verify_bundle(op, bundle),
-                               tenant or bundle_tenant(bundle), {}, changes=False)
+    # (under the tenant's lock: its upload path is the one restore and migrate use)
+    manifest, checked = run_op("backup verify", lambda op: verify_bundle(op, bundle),
+                               tenant or bundle_tenant(bundle), {})
     say("bundle %s: %d files match their sums%s" % (
         manifest["path"], len(manifest["files"]) + 1,
         "; test-restored with matching counts: " + ", ".join(checked) if checked else ""))

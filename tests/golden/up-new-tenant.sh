@@ -133,8 +133,10 @@ svc() {
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/tables.service" | tail -n 1)
     case "$_verb" in
         is-active) start-stop-daemon --status --pidfile "/run/tables.service.pid" --exec "$_bin" ;;
-        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/tables.service.pid" \
-                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        # the unit's KillSignal (PostgreSQL: SIGINT, a fast shutdown), else TERM
+        stop) _sig=$(sed -n 's/^KillSignal=SIG//p' "/etc/systemd/system/tables.service" | tail -n 1)
+              start-stop-daemon --stop --quiet --oknodo --pidfile "/run/tables.service.pid" \
+                  --exec "$_bin" --retry "${_sig:-TERM}/120/KILL/5" --remove-pidfile ;;
         start) _svc_start ;;
         restart) svc stop "$1" && _svc_start ;;
         *) return 0 ;;
@@ -147,7 +149,11 @@ _svc_start() {
         _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/tables.service" | tail -n 1)
         if [ -n "$_env" ] && [ -r "$_env" ]; then
             while IFS= read -r _line; do
-                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+                case "$_line" in [A-Za-z_]*=*) ;; *) continue ;; esac
+                _k=${_line%%=*} _v=${_line#*=}
+                # one level of quotes, as systemd takes them off
+                case "$_v" in \'*\') _v=${_v#\'} _v=${_v%\'} ;; \"*\") _v=${_v#\"} _v=${_v%\"} ;; esac
+                export "$_k=$_v"
             done < "$_env"
         fi
         # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
@@ -195,7 +201,8 @@ TABLES_PASSWORD=$(secret TABLES_PASSWORD)
 
 missing=$(missing_pkgs postgresql-15 logrotate)
 if [ -n "$missing" ]; then
-    # Debian's package would create and start its own "main" cluster; we run ours.
+    # Debian's package would create and start its own "main" cluster; we run ours. (On the
+    # host, local mode, the host's own settings and clusters are left as they are.)
     mkdir -p /etc/postgresql-common
     echo 'create_main_cluster = false' > /etc/postgresql-common/createcluster.conf
     svc mask postgresql.service
@@ -277,8 +284,10 @@ svc() {
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/tables.service" | tail -n 1)
     case "$_verb" in
         is-active) start-stop-daemon --status --pidfile "/run/tables.service.pid" --exec "$_bin" ;;
-        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/tables.service.pid" \
-                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        # the unit's KillSignal (PostgreSQL: SIGINT, a fast shutdown), else TERM
+        stop) _sig=$(sed -n 's/^KillSignal=SIG//p' "/etc/systemd/system/tables.service" | tail -n 1)
+              start-stop-daemon --stop --quiet --oknodo --pidfile "/run/tables.service.pid" \
+                  --exec "$_bin" --retry "${_sig:-TERM}/120/KILL/5" --remove-pidfile ;;
         start) _svc_start ;;
         restart) svc stop "$1" && _svc_start ;;
         *) return 0 ;;
@@ -291,7 +300,11 @@ _svc_start() {
         _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/tables.service" | tail -n 1)
         if [ -n "$_env" ] && [ -r "$_env" ]; then
             while IFS= read -r _line; do
-                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+                case "$_line" in [A-Za-z_]*=*) ;; *) continue ;; esac
+                _k=${_line%%=*} _v=${_line#*=}
+                # one level of quotes, as systemd takes them off
+                case "$_v" in \'*\') _v=${_v#\'} _v=${_v%\'} ;; \"*\") _v=${_v#\"} _v=${_v%\"} ;; esac
+                export "$_k=$_v"
             done < "$_env"
         fi
         # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
@@ -412,8 +425,10 @@ svc() {
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/tables.service" | tail -n 1)
     case "$_verb" in
         is-active) start-stop-daemon --status --pidfile "/run/tables.service.pid" --exec "$_bin" ;;
-        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/tables.service.pid" \
-                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        # the unit's KillSignal (PostgreSQL: SIGINT, a fast shutdown), else TERM
+        stop) _sig=$(sed -n 's/^KillSignal=SIG//p' "/etc/systemd/system/tables.service" | tail -n 1)
+              start-stop-daemon --stop --quiet --oknodo --pidfile "/run/tables.service.pid" \
+                  --exec "$_bin" --retry "${_sig:-TERM}/120/KILL/5" --remove-pidfile ;;
         start) _svc_start ;;
         restart) svc stop "$1" && _svc_start ;;
         *) return 0 ;;
@@ -426,7 +441,11 @@ _svc_start() {
         _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/tables.service" | tail -n 1)
         if [ -n "$_env" ] && [ -r "$_env" ]; then
             while IFS= read -r _line; do
-                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+                case "$_line" in [A-Za-z_]*=*) ;; *) continue ;; esac
+                _k=${_line%%=*} _v=${_line#*=}
+                # one level of quotes, as systemd takes them off
+                case "$_v" in \'*\') _v=${_v#\'} _v=${_v%\'} ;; \"*\") _v=${_v#\"} _v=${_v%\"} ;; esac
+                export "$_k=$_v"
             done < "$_env"
         fi
         # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
@@ -643,7 +662,7 @@ lxc exec acme-tables -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m
 lxc exec acme-tables -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-tables user.botlxc.installed c5184c3fb9d8d21e
+lxc config set acme-tables user.botlxc.installed 10e28a431326cf40
 
 # start acme-drive
 lxc start acme-drive
@@ -687,8 +706,10 @@ svc() {
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/drive.service" | tail -n 1)
     case "$_verb" in
         is-active) start-stop-daemon --status --pidfile "/run/drive.service.pid" --exec "$_bin" ;;
-        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/drive.service.pid" \
-                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        # the unit's KillSignal (PostgreSQL: SIGINT, a fast shutdown), else TERM
+        stop) _sig=$(sed -n 's/^KillSignal=SIG//p' "/etc/systemd/system/drive.service" | tail -n 1)
+              start-stop-daemon --stop --quiet --oknodo --pidfile "/run/drive.service.pid" \
+                  --exec "$_bin" --retry "${_sig:-TERM}/120/KILL/5" --remove-pidfile ;;
         start) _svc_start ;;
         restart) svc stop "$1" && _svc_start ;;
         *) return 0 ;;
@@ -701,7 +722,11 @@ _svc_start() {
         _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/drive.service" | tail -n 1)
         if [ -n "$_env" ] && [ -r "$_env" ]; then
             while IFS= read -r _line; do
-                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+                case "$_line" in [A-Za-z_]*=*) ;; *) continue ;; esac
+                _k=${_line%%=*} _v=${_line#*=}
+                # one level of quotes, as systemd takes them off
+                case "$_v" in \'*\') _v=${_v#\'} _v=${_v%\'} ;; \"*\") _v=${_v#\"} _v=${_v%\"} ;; esac
+                export "$_k=$_v"
             done < "$_env"
         fi
         # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
@@ -827,8 +852,10 @@ svc() {
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/drive.service" | tail -n 1)
     case "$_verb" in
         is-active) start-stop-daemon --status --pidfile "/run/drive.service.pid" --exec "$_bin" ;;
-        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/drive.service.pid" \
-                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        # the unit's KillSignal (PostgreSQL: SIGINT, a fast shutdown), else TERM
+        stop) _sig=$(sed -n 's/^KillSignal=SIG//p' "/etc/systemd/system/drive.service" | tail -n 1)
+              start-stop-daemon --stop --quiet --oknodo --pidfile "/run/drive.service.pid" \
+                  --exec "$_bin" --retry "${_sig:-TERM}/120/KILL/5" --remove-pidfile ;;
         start) _svc_start ;;
         restart) svc stop "$1" && _svc_start ;;
         *) return 0 ;;
@@ -841,7 +868,11 @@ _svc_start() {
         _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/drive.service" | tail -n 1)
         if [ -n "$_env" ] && [ -r "$_env" ]; then
             while IFS= read -r _line; do
-                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+                case "$_line" in [A-Za-z_]*=*) ;; *) continue ;; esac
+                _k=${_line%%=*} _v=${_line#*=}
+                # one level of quotes, as systemd takes them off
+                case "$_v" in \'*\') _v=${_v#\'} _v=${_v%\'} ;; \"*\") _v=${_v#\"} _v=${_v%\"} ;; esac
+                export "$_k=$_v"
             done < "$_env"
         fi
         # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
@@ -938,8 +969,10 @@ svc() {
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/drive.service" | tail -n 1)
     case "$_verb" in
         is-active) start-stop-daemon --status --pidfile "/run/drive.service.pid" --exec "$_bin" ;;
-        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/drive.service.pid" \
-                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        # the unit's KillSignal (PostgreSQL: SIGINT, a fast shutdown), else TERM
+        stop) _sig=$(sed -n 's/^KillSignal=SIG//p' "/etc/systemd/system/drive.service" | tail -n 1)
+              start-stop-daemon --stop --quiet --oknodo --pidfile "/run/drive.service.pid" \
+                  --exec "$_bin" --retry "${_sig:-TERM}/120/KILL/5" --remove-pidfile ;;
         start) _svc_start ;;
         restart) svc stop "$1" && _svc_start ;;
         *) return 0 ;;
@@ -952,7 +985,11 @@ _svc_start() {
         _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/drive.service" | tail -n 1)
         if [ -n "$_env" ] && [ -r "$_env" ]; then
             while IFS= read -r _line; do
-                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+                case "$_line" in [A-Za-z_]*=*) ;; *) continue ;; esac
+                _k=${_line%%=*} _v=${_line#*=}
+                # one level of quotes, as systemd takes them off
+                case "$_v" in \'*\') _v=${_v#\'} _v=${_v%\'} ;; \"*\") _v=${_v#\"} _v=${_v%\"} ;; esac
+                export "$_k=$_v"
             done < "$_env"
         fi
         # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
@@ -1040,7 +1077,7 @@ lxc exec acme-drive -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 
 lxc exec acme-drive -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-drive user.botlxc.installed 21cbb54ac54df1b6
+lxc config set acme-drive user.botlxc.installed daf951460d9eb9b6
 
 # start acme-cache
 lxc start acme-cache
@@ -1084,8 +1121,10 @@ svc() {
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/cache.service" | tail -n 1)
     case "$_verb" in
         is-active) start-stop-daemon --status --pidfile "/run/cache.service.pid" --exec "$_bin" ;;
-        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/cache.service.pid" \
-                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        # the unit's KillSignal (PostgreSQL: SIGINT, a fast shutdown), else TERM
+        stop) _sig=$(sed -n 's/^KillSignal=SIG//p' "/etc/systemd/system/cache.service" | tail -n 1)
+              start-stop-daemon --stop --quiet --oknodo --pidfile "/run/cache.service.pid" \
+                  --exec "$_bin" --retry "${_sig:-TERM}/120/KILL/5" --remove-pidfile ;;
         start) _svc_start ;;
         restart) svc stop "$1" && _svc_start ;;
         *) return 0 ;;
@@ -1098,7 +1137,11 @@ _svc_start() {
         _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/cache.service" | tail -n 1)
         if [ -n "$_env" ] && [ -r "$_env" ]; then
             while IFS= read -r _line; do
-                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+                case "$_line" in [A-Za-z_]*=*) ;; *) continue ;; esac
+                _k=${_line%%=*} _v=${_line#*=}
+                # one level of quotes, as systemd takes them off
+                case "$_v" in \'*\') _v=${_v#\'} _v=${_v%\'} ;; \"*\") _v=${_v#\"} _v=${_v%\"} ;; esac
+                export "$_k=$_v"
             done < "$_env"
         fi
         # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
@@ -1219,8 +1262,10 @@ svc() {
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/cache.service" | tail -n 1)
     case "$_verb" in
         is-active) start-stop-daemon --status --pidfile "/run/cache.service.pid" --exec "$_bin" ;;
-        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/cache.service.pid" \
-                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        # the unit's KillSignal (PostgreSQL: SIGINT, a fast shutdown), else TERM
+        stop) _sig=$(sed -n 's/^KillSignal=SIG//p' "/etc/systemd/system/cache.service" | tail -n 1)
+              start-stop-daemon --stop --quiet --oknodo --pidfile "/run/cache.service.pid" \
+                  --exec "$_bin" --retry "${_sig:-TERM}/120/KILL/5" --remove-pidfile ;;
         start) _svc_start ;;
         restart) svc stop "$1" && _svc_start ;;
         *) return 0 ;;
@@ -1233,7 +1278,11 @@ _svc_start() {
         _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/cache.service" | tail -n 1)
         if [ -n "$_env" ] && [ -r "$_env" ]; then
             while IFS= read -r _line; do
-                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+                case "$_line" in [A-Za-z_]*=*) ;; *) continue ;; esac
+                _k=${_line%%=*} _v=${_line#*=}
+                # one level of quotes, as systemd takes them off
+                case "$_v" in \'*\') _v=${_v#\'} _v=${_v%\'} ;; \"*\") _v=${_v#\"} _v=${_v%\"} ;; esac
+                export "$_k=$_v"
             done < "$_env"
         fi
         # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
@@ -1303,11 +1352,16 @@ umask 077
 REDISCLI_AUTH=$(cat /etc/botlxc/cache-admin.pw)
 export REDISCLI_AUTH
 admin() { valkey-cli --no-auth-warning -e -h 127.0.0.1 -p 6379 --user botlxc "$@" </dev/null; }
-# Keys in every database, botlxc's own health key left out: one "keys:dbN<TAB>COUNT" each.
+# Keys without a TTL in every database ("keys:dbN<TAB>COUNT"): one with a TTL may be gone by
+# the time a backup is restored, and botlxc's own health key has one. From INFO's lines
+# such as db0:keys=5,expires=1,avg_ttl=0 on stdin.
+keyspace_counts() {
+    tr -d '\r' | sed -n 's/^db\([0-9]*\):keys=\([0-9]*\),expires=\([0-9]*\).*/\1 \2 \3/p' |
+        while read -r db keys expires; do printf 'keys:db%s\t%s\n' "$db" $((keys - expires)); done
+}
 count_keys() {
-    admin info keyspace | sed -n 's/^db\([0-9]*\):.*/\1/p' | while read -r db; do
-        printf 'keys:db%s\t%s\n' "$db" "$(admin -n "$db" --scan </dev/null | grep -vc '^botlxc:health$' || true)"
-    done
+    info=$(admin info keyspace) || { echo "counts: INFO failed: $info" >&2; exit 1; }
+    printf '%s\n' "$info" | keyspace_counts
 }
 
 work=$(mktemp -d /var/tmp/botlxc-backup.XXXXXX)
@@ -1337,9 +1391,8 @@ until [ "$(scratch_cli ping 2>/dev/null)" = PONG ]; do
     i=$((i + 1)); [ "$i" -lt 600 ] || { echo "backup: could not load dump.rdb to count it" >&2; exit 1; }
     sleep 0.1
 done
-scratch_cli info keyspace | sed -n 's/^db\([0-9]*\):.*/\1/p' | while read -r db; do
-    printf 'keys:db%s\t%s\n' "$db" "$(scratch_cli -n "$db" --scan | grep -vc '^botlxc:health$' || true)"
-done > "$work/counts.tsv"
+info=$(scratch_cli info keyspace) || { echo "backup: INFO of the dump failed" >&2; exit 1; }
+printf '%s\n' "$info" | keyspace_counts > "$work/counts.tsv"
 kill "$scratch"; wait "$scratch" 2>/dev/null || true; scratch=
 rm -f "$work/s" "$work/log"
 install -d -m 0700 /usr/local/lib/botlxc
@@ -1365,8 +1418,10 @@ svc() {
     _bin=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' "/etc/systemd/system/cache.service" | tail -n 1)
     case "$_verb" in
         is-active) start-stop-daemon --status --pidfile "/run/cache.service.pid" --exec "$_bin" ;;
-        stop) start-stop-daemon --stop --quiet --oknodo --pidfile "/run/cache.service.pid" \
-                  --exec "$_bin" --retry TERM/120/KILL/5 --remove-pidfile ;;
+        # the unit's KillSignal (PostgreSQL: SIGINT, a fast shutdown), else TERM
+        stop) _sig=$(sed -n 's/^KillSignal=SIG//p' "/etc/systemd/system/cache.service" | tail -n 1)
+              start-stop-daemon --stop --quiet --oknodo --pidfile "/run/cache.service.pid" \
+                  --exec "$_bin" --retry "${_sig:-TERM}/120/KILL/5" --remove-pidfile ;;
         start) _svc_start ;;
         restart) svc stop "$1" && _svc_start ;;
         *) return 0 ;;
@@ -1379,7 +1434,11 @@ _svc_start() {
         _env=$(sed -n 's/^EnvironmentFile=-\{0,1\}//p' "/etc/systemd/system/cache.service" | tail -n 1)
         if [ -n "$_env" ] && [ -r "$_env" ]; then
             while IFS= read -r _line; do
-                case "$_line" in [A-Za-z_]*=*) export "$_line" ;; esac
+                case "$_line" in [A-Za-z_]*=*) ;; *) continue ;; esac
+                _k=${_line%%=*} _v=${_line#*=}
+                # one level of quotes, as systemd takes them off
+                case "$_v" in \'*\') _v=${_v#\'} _v=${_v%\'} ;; \"*\") _v=${_v#\"} _v=${_v%\"} ;; esac
+                export "$_k=$_v"
             done < "$_env"
         fi
         # (word splitting of ExecStart's arguments: botlxc's own unit, no spaces in them)
@@ -1431,11 +1490,16 @@ cd /
 REDISCLI_AUTH=$(cat /etc/botlxc/cache-admin.pw)
 export REDISCLI_AUTH
 admin() { valkey-cli --no-auth-warning -e -h 127.0.0.1 -p 6379 --user botlxc "$@" </dev/null; }
-# Keys in every database, botlxc's own health key left out: one "keys:dbN<TAB>COUNT" each.
+# Keys without a TTL in every database ("keys:dbN<TAB>COUNT"): one with a TTL may be gone by
+# the time a backup is restored, and botlxc's own health key has one. From INFO's lines
+# such as db0:keys=5,expires=1,avg_ttl=0 on stdin.
+keyspace_counts() {
+    tr -d '\r' | sed -n 's/^db\([0-9]*\):keys=\([0-9]*\),expires=\([0-9]*\).*/\1 \2 \3/p' |
+        while read -r db keys expires; do printf 'keys:db%s\t%s\n' "$db" $((keys - expires)); done
+}
 count_keys() {
-    admin info keyspace | sed -n 's/^db\([0-9]*\):.*/\1/p' | while read -r db; do
-        printf 'keys:db%s\t%s\n' "$db" "$(admin -n "$db" --scan </dev/null | grep -vc '^botlxc:health$' || true)"
-    done
+    info=$(admin info keyspace) || { echo "counts: INFO failed: $info" >&2; exit 1; }
+    printf '%s\n' "$info" | keyspace_counts
 }
 
 count_keys
@@ -1507,4 +1571,4 @@ lxc exec acme-cache -- flock -w 900 /run/botlxc-install.lock sh -c 'mkdir -p -m 
 lxc exec acme-cache -- sh -c 'i=0; until out=$(sh /usr/local/lib/botlxc/health.sh 2>&1); do i=$((i + 1)); [ $i -lt 45 ] || { echo "$out" >&2; exit 1; }; sleep 2; done; echo "$out"'
 
 # remember what is installed and healthy (skips the install next time)
-lxc config set acme-cache user.botlxc.installed 8ac44c7bf2d60a11
+lxc config set acme-cache user.botlxc.installed 4973bae2112e1885
