@@ -765,6 +765,8 @@ def validate_tenant(tenant):
             "invalid tenant name %r: use lowercase letters, digits and single dashes, starting "
             "with a letter and not ending with a dash (it becomes part of LXD instance names)"
             % tenant)
+    if tenant == "botlxc-build":  # its containers' names are those of botlxc's builders
+        raise BadInput("tenant name %r is botlxc's own; pick another" % tenant)
     if len(tenant) > limit:
         raise BadInput("tenant name %r is too long: at most %d characters, so that "
                        "'%s-%s' fits LXD's %d-character limit"
@@ -3882,7 +3884,12 @@ def load_bundle(path):
     unknown = [c for c in components if c not in COMPONENTS]
     if unknown or not components:
         raise BotlxcError("bundle %s: components %s are not botlxc's" % (bundle, unknown))
-    for comp in components:
+    for comp, info in components.items():
+        try:
+            COMPONENTS[comp].engine(info.get("engine") or "")
+        except KeyError:
+            raise BotlxcError("bundle %s: %s's engine %r is not one this botlxc knows"
+                              % (bundle, comp, info.get("engine"))) from None
         for name in (comp + ".tar", comp + ".secrets"):
             if name not in files:
                 raise BotlxcError("bundle %s: %s is missing from the manifest" % (bundle, name))
