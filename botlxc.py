@@ -2657,15 +2657,15 @@ _WHEEL_RE = re.compile(r"[A-Za-z0-9_.+-]{1,200}\.whl")
 def wheel_cache(runner, spec, component):
     """The host's dir of wheels for the component's install (built first if it has none).
 
-    Keyed by the rendered install script, so a new pin builds anew. Built by the same script
+    Keyed by the component's own install template (its pins and build flags), so a new pin
+    builds anew and a change to the common prelude does not. Built by the same script
     in a throwaway container of botlxc's own (BOTLXC_BUILD_ONLY=1): a wheel a tenant's
     container made could carry that tenant's code into the next tenant's."""
     wheels = COMPONENTS[component].engine(spec.engine_of(component)).wheels
     files = render_files(spec, component)
-    # keyed by the script as any tenant gets it (its name is only in a comment there)
-    script = dict((dest, content) for dest, _, content in render_files(
-        dataclasses.replace(spec, tenant="any"), component))[LIB_DIR + "/install.sh"]
-    cache = Path(spec.host.cache_dir) / "wheels" / component / digest(script)
+    source = _template_source("components/%s/install.sh.j2" % component)[0]
+    cache = Path(spec.host.cache_dir) / "wheels" / component / digest(
+        source, spec.engine_of(component))
     if lstat_or_none(cache) is not None and any(
             _WHEEL_RE.fullmatch(f) for f in os.listdir(str(cache))):
         return cache

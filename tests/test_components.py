@@ -99,8 +99,8 @@ def test_wheels_are_built_once_in_botlxcs_own_builder(tmp_path, calls):
     spec = make_spec(tmp_path, ("llm",), host=host)
     spec.image_used = "botlxc/debian-12"
     files = botlxc.render_files(spec, "llm")
-    key = botlxc.digest(dict((d, c) for d, _, c in botlxc.render_files(
-        botlxc.dataclasses.replace(spec, tenant="any"), "llm"))[botlxc.LIB_DIR + "/install.sh"])
+    key = botlxc.digest(botlxc._template_source("components/llm/install.sh.j2")[0],
+                        "llama-cpp-python")
     cache = tmp_path / "cache" / "wheels" / "llm" / key
     wheel = "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl"
     b = "botlxc-build-llm"
