@@ -20,6 +20,10 @@ Worlds (what LXD answers), named as in the design notes:
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +42,37 @@ CONSOLE_PORT = {("drive", "console"): 9001}
 CA_PEM = ("-----BEGIN CERTIFICATE-----\n"
           "MIIBszCCAVmgAwIBAgIUQ29ycFByb3h5Um9vdENBMB4XDTI1MTEyNjAwMDAwMFoX\n"
           "-----END CERTIFICATE-----\n")
+
+# ----------------------------------------------------------------------------- live order
+
+#: Live tests that install llm wait for its wheel; they run late (before doctor's, which
+#: stops LXD), and the session starts the build at its beginning (`botlxc host wheels`,
+#: niced), so it overlaps the other live tests instead of adding its ~10 minutes.
+LATE = ("test_live_components.py",)
+LAST = ("test_live_zdoctor.py",)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    def rank(item):
+        name = Path(str(item.fspath)).name
+        return 2 if name in LAST else 1 if name in LATE else 0
+    items.sort(key=rank)  # (stable: the order within each group is kept)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _wheels_in_background(request, tmp_path_factory):
+    wanted = any(Path(str(i.fspath)).name in LATE for i in request.session.items)
+    if not wanted or os.geteuid() != 0 or not shutil.which("lxc"):
+        yield
+        return
+    log = tmp_path_factory.mktemp("wheels") / "host-wheels.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent.parent
+                                                     / "botlxc.py"), "host", "wheels"],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    yield
+    proc.wait(timeout=3600)  # (an llm test waits for it on the build lock anyway)
+
 
 # ----------------------------------------------------------------------------- guards
 
