@@ -2316,6 +2316,15 @@ def ensure_network(runner, spec, world):
             if have.get(key) != value:
                 runner.change(["lxc", "network", "set", name, key, value],
                               "%s = %s" % (key, value), step=step)
+        if networks[name].get("status") == "Unavailable":
+            # LXD 5.0.2 restarted without a reboot cannot start a network with an ACL: it
+            # must first delete the ACL's chain, which its own rules from before still jump
+            # to (CHAIN_DEL: busy). Without those rules its next retry (each minute) works.
+            drop_lxd_rules(runner, name, ["filter"], only_to="-j lxd_acl_" + name)
+            runner.change(["timeout", "90", "sh", "-c", 'until lxc query "/1.0/networks/$1" '
+                           '| grep -q \'"status": "Created"\'; do sleep 2; done', "wait", name],
+                          "wait for LXD to start network %s again (it retries each minute)"
+                          % name, step=step)
     return name
 
 

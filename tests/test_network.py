@@ -169,3 +169,23 @@ def test_destroy_removes_the_network_its_firewall_rules_and_the_acl(calls, tmp_p
     calls(["lxc", "network", "acl", "delete", "botlxc-acme"])
     botlxc.destroy(op, purge=False)
     assert calls.made() == calls.expected  # lxdbr0 and the unlabelled bxforeign stay
+
+
+def test_a_network_lxd_could_not_start_again_gets_its_stale_rules_dropped(calls, tmp_path):
+    """LXD 5.0.2 restarted without a reboot: its old rules still jump to the ACL's chain, so
+    it cannot clear it and leaves the tenant's bridge Unavailable (its containers cannot
+    start). Only the jumps go; LXD's next retry (each minute) then starts the bridge."""
+    spec = make_spec(tmp_path, components=("cache",), services=False, isolated=True)
+    acl = botlxc.acl_document("acme", expected_targets())
+    mark = '-m comment --comment "generated for LXD network %s"' % NET
+    register(calls, isolated_world(spec), [dict(acme_net(), status="Unavailable")],
+             [dict(acl, name="botlxc-acme")])
+    calls(["iptables-save", "-t", "filter"], stdout="*filter\n-A INPUT -i %s %s -j lxd_acl_%s\n"
+          "-A INPUT -i %s -p udp %s -j ACCEPT\nCOMMIT\n" % (NET, mark, NET, NET, mark))
+    calls(["iptables", "-t", "filter", "-D", "INPUT", "-i", NET, "-m", "comment", "--comment",
+           "generated for LXD network " + NET, "-j", "lxd_acl_" + NET])
+    calls(["ip6tables-save", "-t", "filter"], stdout="")
+    calls(["timeout", "90", "sh", "-c", 'until lxc query "/1.0/networks/$1" | grep -q '
+           '\'"status": "Created"\'; do sleep 2; done', "wait", NET])
+    botlxc.up(botlxc.Runner(), spec)
+    assert calls.made() == calls.expected
