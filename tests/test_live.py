@@ -4,6 +4,7 @@ They need root and a running LXD (`botlxc host setup` prepares one). Elsewhere t
 with the reason; with BOTLXC_LIVE=1 (as in .ci/run) a missing LXD is a failure instead.
 Every test tenant has a unique name and is removed at the end, even on failure.
 """
+import contextlib
 import json
 import os
 import secrets
@@ -75,6 +76,18 @@ def make_tenant(tmp_path_factory, prefix):
     tenant = "%s%s" % (prefix, secrets.token_hex(3))
     stack = tmp_path_factory.mktemp(tenant) / "stack"
     return tenant, stack
+
+
+@contextlib.contextmanager
+def srv_dir(prefix):
+    """A root-owned dir of a test module's own under /srv (service users on the host must
+    be able to enter it, which root's 0700 pytest tmp dirs forbid), removed afterwards."""
+    path = Path("/srv") / ("botlxc-test-%s-%s" % (prefix, secrets.token_hex(3)))
+    path.mkdir(mode=0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def cleanup(tenant):

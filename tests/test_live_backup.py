@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from test_live import ROOT, botlxc, cleanup, instances, real_lxd  # noqa: F401
+from test_live import ROOT, botlxc, srv_dir, cleanup, instances, real_lxd  # noqa: F401
 from test_live_services import read_env, s3
 
 pytestmark = pytest.mark.live
@@ -152,12 +152,8 @@ class Writer(threading.Thread):
 @pytest.fixture(scope="module")
 def area():
     """A root-owned dir of this module's own under /srv (stacks and bundles), removed last."""
-    path = Path("/srv") / ("botlxc-test-bkt-" + secrets.token_hex(3))
-    path.mkdir(mode=0o755)
-    try:
+    with srv_dir("bkt") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

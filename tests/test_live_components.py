@@ -20,7 +20,6 @@ only (see test_live.py for the skip/fail rule).
 import imaplib
 import json
 import secrets
-import shutil
 import smtplib
 import ssl
 import stat
@@ -34,7 +33,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from test_live import ROOT, botlxc, cleanup, instances, lxc, real_lxd  # noqa: F401
+from test_live import ROOT, botlxc, srv_dir, cleanup, instances, lxc, real_lxd  # noqa: F401
 from test_live_services import read_env
 
 pytestmark = pytest.mark.live
@@ -115,12 +114,8 @@ def health(tenant):
 @pytest.fixture(scope="module")
 def area():
     """A root-owned dir of this module's own under /srv (stacks, the model, bundles)."""
-    path = Path("/srv") / ("botlxc-test-cpt-" + secrets.token_hex(3))
-    path.mkdir(mode=0o755)
-    try:
+    with srv_dir("cpt") as path:
         yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
