@@ -73,7 +73,7 @@ except ImportError as exc:  # pragma: no cover - depends on the host
     )
 
 # --------------------------------------------------------------------------- 2. constants
-VERSION = "0.3.0"
+VERSION = "0.4.0"
 
 #: Where the host directories appear inside every container.
 MOUNT_ROOT = "/opt/gbo"

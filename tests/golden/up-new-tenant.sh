@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# botlxc 0.3.0 runbook: the changes botlxc would make, in order.
+# botlxc 0.4.0 runbook: the changes botlxc would make, in order.
 set -eu
 
 # root-only state dir of the stack (no container mounts it)
@@ -47,7 +47,7 @@ chown --no-dereference 1196608:1196608 /TMP/stack/cache/data /TMP/stack/cache/co
 botlxc secrets --tenant acme --stack-dir /TMP/stack --listen 127.0.0.1 --port cache.valkey=6379 --port drive.s3=9000 --port tables.pg=5432
 
 # create instance acme-tables from botlxc/debian-12
-lxc init botlxc/debian-12 acme-tables -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=tables -c user.botlxc.version=0.3.0 -c user.botlxc.stack=/TMP/stack -c security.protection.delete=true -c security.idmap.isolated=true -c security.idmap.base=1065536
+lxc init botlxc/debian-12 acme-tables -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=tables -c user.botlxc.version=0.4.0 -c user.botlxc.stack=/TMP/stack -c security.protection.delete=true -c security.idmap.isolated=true -c security.idmap.base=1065536
 
 # mount /TMP/stack/tables/data at /opt/gbo/data
 lxc config device add acme-tables data disk source=/TMP/stack/tables/data path=/opt/gbo/data
@@ -62,7 +62,7 @@ lxc config device add acme-tables logs disk source=/TMP/stack/tables/logs path=/
 lxc config device add acme-tables port-5432 proxy listen=tcp:127.0.0.1:5432 connect=tcp:127.0.0.1:5432
 
 # create instance acme-drive from botlxc/debian-12
-lxc init botlxc/debian-12 acme-drive -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=drive -c user.botlxc.version=0.3.0 -c user.botlxc.stack=/TMP/stack -c user.botlxc.engine=rclone -c security.protection.delete=true -c security.idmap.isolated=true -c security.idmap.base=1131072
+lxc init botlxc/debian-12 acme-drive -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=drive -c user.botlxc.version=0.4.0 -c user.botlxc.stack=/TMP/stack -c user.botlxc.engine=rclone -c security.protection.delete=true -c security.idmap.isolated=true -c security.idmap.base=1131072
 
 # mount /TMP/stack/drive/data at /opt/gbo/data
 lxc config device add acme-drive data disk source=/TMP/stack/drive/data path=/opt/gbo/data
@@ -77,7 +77,7 @@ lxc config device add acme-drive logs disk source=/TMP/stack/drive/logs path=/op
 lxc config device add acme-drive port-9000 proxy listen=tcp:127.0.0.1:9000 connect=tcp:127.0.0.1:9000
 
 # create instance acme-cache from botlxc/debian-12
-lxc init botlxc/debian-12 acme-cache -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=cache -c user.botlxc.version=0.3.0 -c user.botlxc.stack=/TMP/stack -c security.protection.delete=true -c security.idmap.isolated=true -c security.idmap.base=1196608
+lxc init botlxc/debian-12 acme-cache -c security.privileged=false -c user.botlxc.tenant=acme -c user.botlxc.component=cache -c user.botlxc.version=0.4.0 -c user.botlxc.stack=/TMP/stack -c security.protection.delete=true -c security.idmap.isolated=true -c security.idmap.base=1196608
 
 # mount /TMP/stack/cache/data at /opt/gbo/data
 lxc config device add acme-cache data disk source=/TMP/stack/cache/data path=/opt/gbo/data
