@@ -3916,12 +3916,13 @@ def load_bundle(path):
     return manifest
 
 
-def push_bundle_file(runner, name, bundle, comp):
+def upload(runner, name, comp, source):
+    """A component's backup tar into its container, where restore.sh and verify.sh read it."""
     dest = "%s/restore/%s.tar" % (LIB_DIR, comp)
     lxc_exec(runner, name, ["rm", "-f", "--", dest], why="clear the path of the upload",
              step=name + ": upload")
-    lxc_file_push(runner, name, dest, "0600", "%s: the bundle's data" % comp,
-                  source=str(bundle / (comp + ".tar")))
+    lxc_file_push(runner, name, dest, "0600", "%s: the data to restore" % comp,
+                  source=str(source))
 
 
 def verify_bundle(op, path):
@@ -3936,7 +3937,7 @@ def verify_bundle(op, path):
         pairs = chosen(op, [comp])
         serving(op, pairs, "backup verify")
         name = pairs[0][1]["name"]
-        push_bundle_file(op.runner, name, bundle, comp)
+        upload(op.runner, name, comp, bundle / (comp + ".tar"))
         try:
             proc = lxc_exec(op.runner, name, ["sh", LIB_DIR + "/verify.sh"],
                             why="%s: restore the bundle's data into a scratch copy, count it, "
@@ -4029,7 +4030,7 @@ def restore_bundle(op, path, force, stack_dir=None):
     ensure_secrets(op.runner, spec, existing_ports(spec, op.snapshot), self_argv())
     for comp, inst in pairs:
         name = inst["name"]
-        push_bundle_file(op.runner, name, bundle, comp)
+        upload(op.runner, name, comp, bundle / (comp + ".tar"))
         lxc_exec(op.runner, name, ["sh", LIB_DIR + "/restore.sh"],
                  why="%s: replace its data with the bundle's" % comp, step=name + ": restore")
         # the install applies the bundle's secrets (passwords, ACL) and waits for health
@@ -4293,10 +4294,7 @@ def migrate(op, comp, to):
                        "%s: a consistent backup of the host's data" % comp, step=step)
         want = parse_counts(read_file(Path(place.lib_dir) / "backup.counts"), "local") \
             if not runner.dry_run else {}
-        lxc_exec(runner, name, ["rm", "-f", "--", "%s/restore/%s.tar" % (LIB_DIR, comp)],
-                 why="clear the path of the upload", step=name + ": upload")
-        lxc_file_push(runner, name, "%s/restore/%s.tar" % (LIB_DIR, comp), "0600",
-                      "%s: the host's data" % comp, source=str(archive))
+        upload(runner, name, comp, archive)
         lxc_exec(runner, name, ["sh", LIB_DIR + "/restore.sh"],
                  why="%s: the host's data into the container" % comp, step=name + ": restore")
         wait_healthy(runner, name, comp, "after the restore")
