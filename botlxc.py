@@ -959,6 +959,18 @@ def artifact_name(component, engine):
     return engine.name if engine_owners(engine.name, True) == [component] else component
 
 
+def local_artifact(source, sha256):
+    """(path, sha256) of a binary on this host, refused unless it has the sum given."""
+    path = Path(source)
+    if not path.is_file():
+        raise BadInput("artifact %s does not exist" % source)
+    actual = file_sha256(path)
+    if sha256 and actual != sha256:
+        raise BotlxcError("artifact %s: sha256 mismatch: expected %s, got %s; refusing to "
+                          "install it" % (source, sha256, actual))
+    return path, actual
+
+
 def parse_artifacts(values, sums, engines, components):
     """--artifact NAME=PATH|URL and --sha256 NAME=HEX, NAME a component or the name of an
     engine with a binary -> {component: (source, sha or None)} for the components in this
@@ -1003,14 +1015,7 @@ def parse_artifacts(values, sums, engines, components):
             raise BadInput("invalid --sha256 %s=%s: expected 64 hex digits" % (short, sha))
         sha = sha.lower() if sha else None
         if not re.match(r"https?://", source):
-            # A local file is checked now, before anything runs.
-            path = Path(source)
-            if not path.is_file():
-                raise BadInput("artifact %s does not exist" % source)
-            actual = file_sha256(path)
-            if sha and actual != sha:
-                raise BotlxcError("artifact %s: sha256 mismatch: expected %s, got %s; refusing "
-                                  "to install it" % (source, sha, actual))
+            local_artifact(source, sha)  # a local file is checked now, before anything runs
         artifacts[comp] = (source, sha)
     return artifacts
 
@@ -1635,14 +1640,7 @@ def fetch_artifact(runner, facts, source, sha256):
     sum matches; a dry run downloads nothing (the runbook shows the same steps).
     """
     if not re.match(r"https?://", source):
-        path = Path(source)
-        if not path.is_file():
-            raise BadInput("artifact %s does not exist" % source)
-        actual = file_sha256(path)
-        if sha256 and actual != sha256:
-            raise BotlxcError("artifact %s: sha256 mismatch: expected %s, got %s; refusing to "
-                              "install it" % (source, sha256, actual))
-        return path, actual
+        return local_artifact(source, sha256)
     cache = Path(facts.cache_dir) / "artifacts"
     target = cache / ("%s-%s" % (sha256[:16], re.sub(r"[^A-Za-z0-9._-]", "_", source.rstrip(
         "/").rsplit("/", 1)[-1]) or "artifact"))
@@ -3744,8 +3742,11 @@ def last_words(proc):
     return (proc.stderr.strip().splitlines() or ["exit %d" % proc.returncode])[-1]
 
 
-def live_counts(runner, name):
-    proc = lxc_exec(runner, name, ["sh", LIB_DIR + "/counts.sh"], step=name + ": counts")
+def live_counts(runner, name, place=None):
+    """The component's counts now: in container `name`, or on the host at a local place."""
+    argv = ["sh", (place or IN_CONTAINER).lib_dir + "/counts.sh"]
+    proc = runner.read(argv, check=False, step=name + ": counts") if place else \
+        lxc_exec(runner, name, argv, step=name + ": counts")
     if proc.returncode != 0:
         raise BotlxcError("%s: counting failed: %s" % (name, last_words(proc)))
     return parse_counts(proc.stdout, name)
@@ -4214,13 +4215,6 @@ def cmd_install_local(op, comp, stack_dir):
     return spec, ports
 
 
-def local_counts(runner, place):
-    proc = runner.read(["sh", place.lib_dir + "/counts.sh"], check=False, step="local counts")
-    if proc.returncode != 0:
-        raise BotlxcError("%s (local): counting failed: %s" % (place.root, last_words(proc)))
-    return parse_counts(proc.stdout, "local " + place.root)
-
-
 def migrate(op, comp, to):
     """One component between its container and the host: a backup of the old side, the new
     side brought up and the backup restored into it, the counts compared, .env pointed at the
@@ -4257,7 +4251,8 @@ def migrate(op, comp, to):
             runner.change(["sh", place.lib_dir + "/restore.sh"],
                           "%s: the container's data into the host's service" % comp, step=step)
             ok, message = local_health(runner, place, wait=90)
-            got = local_counts(runner, place) if not runner.dry_run else {}
+            got = {} if runner.dry_run else live_counts(runner, spec.name(comp) + " (host)",
+                                                        place)
             differ = count_differences(want, got)
             if not ok or differ:
                 raise BotlxcError("migrate to-local %s: %s; the container keeps serving, .env "
